@@ -17,6 +17,7 @@ the same features, so that one grain pipeline reads them all:
 
 import io
 
+import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
@@ -35,8 +36,8 @@ def features_dict(class_names) -> tfds.features.FeaturesDict:
       'label_name': tfds.features.Text(),
       'bbox': tfds.features.BBoxFeature(),
       'file_name': tfds.features.Text(),
-      'image_id': tfds.features.Scalar(dtype='int64'),
-      'crop_bottom': tfds.features.Scalar(dtype='int32'),
+      'image_id': tfds.features.Scalar(dtype=np.int64),
+      'crop_bottom': tfds.features.Scalar(dtype=np.int32),
   })
 
 

@@ -134,8 +134,8 @@ BACKBONES = {
 }
 
 
-def get_backbone(name: str, **kwargs) -> ResNet:
-  """Returns the backbone called `name` (a key of BACKBONES)."""
-  if name not in BACKBONES:
-    raise ValueError(f'Unknown backbone {name!r}; valid backbones: {sorted(BACKBONES)}.')
-  return BACKBONES[name](**kwargs)
+def get_backbone(backbone: str, **kwargs) -> ResNet:
+  """Returns the backbone called `backbone` (a key of BACKBONES); kwargs go to ResNet."""
+  if backbone not in BACKBONES:
+    raise ValueError(f'Unknown backbone {backbone!r}; valid backbones: {sorted(BACKBONES)}.')
+  return BACKBONES[backbone](**kwargs)

@@ -1,0 +1,132 @@
+"""The one place where every config key is declared, with its meaning.
+
+Configs under `configs/` call `base_config()` and override values; they cannot
+add keys (the returned ConfigDict is locked, so a misspelt key fails at once,
+also from the command line). `validate()` checks values that have a fixed set
+of choices and names the valid ones.
+"""
+
+import difflib
+
+import ml_collections
+
+# Per-method keyword arguments live under config.model.<method>; the model
+# registry (fgjax.models.MODELS) lists the valid model names.
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key fgjax reads, with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds parameter init, dropout and the data order.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'demo'  # Data set: 'demo', 'cub', 'aircraft' or 'cars'.
+  c.data.builder_config = ''  # TFDS builder config ('' = default; aircraft: variant/family/manufacturer).
+  c.data.data_dir = '~/tensorflow_datasets'  # Where prepared data sets live.
+  c.data.train_split = 'train'  # Split to train on (aircraft: 'trainval').
+  c.data.eval_split = 'test'  # Split to evaluate on.
+  c.data.image_size = 448  # Side of the square model input.
+  c.data.resize_size = 600  # Images are resized to this square before cropping.
+  c.data.num_workers = 0  # grain worker processes per host (0: decode in the main process).
+  c.data.sampler = 'random'  # 'random' or 'class_balanced' (P classes x K images per batch).
+  c.data.classes_per_batch = 0  # P of the class-balanced sampler.
+  c.data.on_bad_image = 'error'  # When preparing: 'error' stops, 'skip' skips and lists.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet'  # Method: see fgjax.models.MODELS.
+  c.model.backbone = 'resnet50'  # See fgjax.models.resnet.BACKBONES.
+  c.model.dtype = 'float32'  # Computation dtype: 'float32' or 'bfloat16' (params stay float32).
+  c.model.pretrained_path = ''  # torchvision ResNet weights (.pth or .npz); '' trains from scratch.
+  c.model.init_from = ''  # A checkpoint folder of another run to start from (params only).
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16  # Global batch size (all devices, all hosts).
+  c.train.epochs = 100  # Training length; converted to steps once.
+  c.train.base_lr = 0.01  # Learning rate of new layers.
+  c.train.pretrained_lr_mult = 0.1  # Multiplier on the base lr for pretrained backbone params.
+  c.train.lr_decay_epochs = 40  # The lr is multiplied by lr_decay_factor every this many epochs.
+  c.train.lr_decay_factor = 0.1  # See lr_decay_epochs.
+  c.train.momentum = 0.9  # SGD momentum.
+  c.train.weight_decay = 5e-4  # L2 added to the gradient (PyTorch SGD convention).
+  c.train.parallelism = 'pmap'  # 'pmap' or 'shard_map' (jit over a device mesh).
+  c.train.log_every_steps = 50  # Progress line and metrics.jsonl row every this many steps.
+  c.train.eval_every_epochs = 10  # Evaluate every this many epochs (and at the end).
+  c.train.checkpoint_every_steps = 1000  # Save every this many steps (and at the end).
+  c.train.keep_checkpoints = 2  # Keep the last k checkpoints (the best one is kept apart).
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64  # Global eval batch size; the last batch is padded and masked.
+
+  c.lock()
+  return c
+
+
+def papers_recipe(dataset: str) -> ml_collections.ConfigDict:
+  """The NTS-Net / FDL training recipe on a real data set, ResNet-50 at 448.
+
+  Batch 16, SGD momentum 0.9, weight decay 5e-4, base lr 0.01 x0.1 every 40
+  epochs, 100 epochs, pretrained backbone at 0.1x the base lr; train: resize
+  600 -> random crop 448 + flip; test: resize 600 -> centre crop 448.
+  """
+  c = base_config()
+  c.data.name = dataset
+  c.data.image_size = 448
+  c.data.resize_size = 600
+  c.data.num_workers = 8
+  c.model.backbone = 'resnet50'
+  c.train.batch_size = 16
+  c.train.epochs = 100
+  c.train.base_lr = 0.01
+  c.train.pretrained_lr_mult = 0.1
+  c.train.lr_decay_epochs = 40
+  c.train.lr_decay_factor = 0.1
+  c.train.momentum = 0.9
+  c.train.weight_decay = 5e-4
+  return c
+
+
+CHOICES = {
+    'data.name': ('demo', 'cub', 'aircraft', 'cars'),
+    'data.sampler': ('random', 'class_balanced'),
+    'data.on_bad_image': ('error', 'skip'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'train.parallelism': ('pmap', 'shard_map'),
+}
+
+
+def _flat_keys(config, prefix=''):
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _flat_keys(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}'
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key and the valid values for a bad config."""
+  # Imported here: models import jax/flax, which configs must not need.
+  from fgjax import models  # pylint: disable=g-import-not-at-top
+  from fgjax.models import resnet  # pylint: disable=g-import-not-at-top
+  known = set(_flat_keys(base_config()))
+  given = set(_flat_keys(config))
+  unknown = sorted(given - known)
+  if unknown:
+    hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+    raise ValueError(f'Unknown config keys {unknown} (did you mean {hints}?). '
+                     f'Valid keys: {sorted(known)}.')
+  choices = {**CHOICES, 'model.name': tuple(models.MODELS),
+             'model.backbone': tuple(resnet.BACKBONES)}
+  for key, valid in choices.items():
+    section, name = key.split('.')
+    value = config[section][name]
+    if value not in valid:
+      raise ValueError(f'config.{key}={value!r} is not valid; valid values: {list(valid)}.')
+  for key in ('train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',
+              'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
+              'train.eval_every_epochs', 'train.lr_decay_epochs'):
+    section, name = key.split('.')
+    if config[section][name] <= 0:
+      raise ValueError(f'config.{key} must be positive, got {config[section][name]}.')
+  if config.data.resize_size < config.data.image_size:
+    raise ValueError(f'config.data.resize_size={config.data.resize_size} is smaller than '
+                     f'config.data.image_size={config.data.image_size}.')

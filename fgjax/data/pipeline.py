@@ -1,0 +1,244 @@
+"""grain input pipelines: files -> decoded, augmented, per-core batches.
+
+Train: decode -> RGB -> drop the banner rows -> resize to `resize_size` square
+-> random crop `image_size` -> random horizontal flip. Eval: the same resize,
+then a centre crop. Images leave the pipeline as uint8 (normalisation happens
+on the device, so the host moves 4x fewer bytes).
+
+Batches are dicts of NumPy arrays shaped (local_devices, per_core_batch, ...):
+  image [D, b, H, W, 3] uint8, label [D, b] int32, mask [D, b] float32
+(mask is 1 for a real example and 0 for padding; only eval batches pad).
+
+Every transform is a `MapDataset` step (index-addressable, seeded per element),
+so the order and the augmentation of every example depend only on the seed and
+the example's position: the iterator's state in a checkpoint resumes exactly,
+whatever the number of worker processes.
+"""
+
+import dataclasses
+import io
+import os
+import sys
+
+import grain
+import numpy as np
+import PIL.Image
+
+from fgjax.data import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """How images are resized and cropped."""
+  image_size: int  # Side of the square crop fed to the model.
+  resize_size: int  # Side of the square the decoded image is first resized to.
+
+
+class TfdsSource:
+  """Random-access source over a prepared fgjax TFDS data set, raw image bytes.
+
+  Picklable (grain worker processes open their own reader) and with a stable
+  repr (grain compares it when a checkpointed iterator is restored).
+  """
+
+  def __init__(self, name: str, data_dir: str, split: str, builder_config: str | None = None):
+    self.name, self.data_dir, self.split = name, data_dir, split
+    self.builder_config = builder_config or None
+    self._source = None
+
+  def _open(self):
+    if self._source is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      builder = registry.get_builder(self.name, self.data_dir, builder_config=self.builder_config)
+      self._source = builder.as_data_source(
+          split=self.split, decoders={'image': tfds.decode.SkipDecoding()})
+    return self._source
+
+  def __len__(self):
+    return len(self._open())
+
+  def __getitem__(self, index):
+    record = self._open()[index]
+    return {'image': record['image'], 'label': np.int32(record['label']),
+            'crop_bottom': int(record['crop_bottom'])}
+
+  def labels(self) -> np.ndarray:
+    """All labels in record order (read once, then cached beside the data)."""
+    cache = os.path.join(self.data_dir, f'fgjax_labels_{self.name}_{self.builder_config}_'
+                         f'{self.split}.npy')
+    if os.path.exists(cache):
+      return np.load(cache)
+    labels = np.array([self[i]['label'] for i in range(len(self))], np.int32)
+    np.save(cache + '.tmp.npy', labels)
+    os.replace(cache + '.tmp.npy', cache)
+    return labels
+
+  def __getstate__(self):
+    return {**self.__dict__, '_source': None}
+
+  def __repr__(self):
+    return (f'TfdsSource(name={self.name!r}, data_dir={self.data_dir!r}, '
+            f'split={self.split!r}, builder_config={self.builder_config!r})')
+
+
+def decode_and_resize(data: bytes, crop_bottom: int, resize_size: int) -> np.ndarray:
+  """Encoded image -> RGB uint8 [resize_size, resize_size, 3] (bilinear)."""
+  with PIL.Image.open(io.BytesIO(data)) as img:
+    full_height = img.size[1]
+    # JPEG: decode at a reduced scale when that is still at least the target.
+    img.draft('RGB', (resize_size, resize_size + crop_bottom))
+    img = img.convert('RGB')
+    if crop_bottom:
+      rows = int(round(crop_bottom * img.size[1] / full_height))
+      img = img.crop((0, 0, img.size[0], img.size[1] - rows))
+    img = img.resize((resize_size, resize_size), PIL.Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def train_transform(spec: ImageSpec):
+  """Per-example random transform for `MapDataset.random_map`."""
+  def transform(example, rng: np.random.Generator):
+    img = decode_and_resize(example['image'], example['crop_bottom'], spec.resize_size)
+    top, left = rng.integers(0, spec.resize_size - spec.image_size + 1, size=2)
+    img = img[top:top + spec.image_size, left:left + spec.image_size]
+    if rng.random() < 0.5:
+      img = img[:, ::-1]
+    return {'image': np.ascontiguousarray(img), 'label': example['label'],
+            'mask': np.float32(1.0)}
+  return transform
+
+
+def eval_transform(spec: ImageSpec):
+  """Per-example deterministic transform: resize and centre crop."""
+  def transform(example):
+    img = decode_and_resize(example['image'], example['crop_bottom'], spec.resize_size)
+    off = (spec.resize_size - spec.image_size) // 2
+    img = img[off:off + spec.image_size, off:off + spec.image_size]
+    return {'image': np.ascontiguousarray(img), 'label': example['label'],
+            'mask': np.float32(1.0)}
+  return transform
+
+
+class ClassBalancedIndices(grain.MapDataset):
+  """Infinite index stream of batches with P classes x K images each.
+
+  Batch t draws P distinct classes and K images of each (with replacement only
+  when a class has fewer than K images) from a generator seeded by (seed, t),
+  so element i is a pure function of (seed, i): resumable and worker-agnostic.
+  """
+
+  def __init__(self, labels: np.ndarray, classes_per_batch: int, images_per_class: int,
+               seed: int):
+    super().__init__()
+    self._members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+    self._classes = np.array([c for c, m in enumerate(self._members) if len(m)])
+    if classes_per_batch > len(self._classes):
+      raise ValueError(f'data.classes_per_batch={classes_per_batch} exceeds the '
+                       f'{len(self._classes)} classes present.')
+    self._p, self._k, self._seed = classes_per_batch, images_per_class, seed
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, within = divmod(index, self._p * self._k)
+    rng = np.random.default_rng([self._seed, batch])
+    classes = rng.choice(self._classes, self._p, replace=False)
+    picks = [rng.choice(self._members[c], self._k, replace=len(self._members[c]) < self._k)
+             for c in classes]
+    return int(picks[within // self._k][within % self._k])
+
+  def __str__(self):
+    return f'ClassBalancedIndices(P={self._p}, K={self._k}, seed={self._seed})'
+
+
+def _to_device_layout(batch, num_devices: int):
+  return {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
+
+
+def make_train_iterator(source, spec: ImageSpec, *, global_batch_size: int, seed: int,
+                        num_devices: int, process_index: int = 0, process_count: int = 1,
+                        num_workers: int = 0, sampler: str = 'random',
+                        classes_per_batch: int = 0):
+  """Infinite, checkpointable iterator of train batches for this process.
+
+  Args:
+    source: random-access source (e.g. `TfdsSource`) of {'image', 'label', 'crop_bottom'}.
+    spec: resize and crop sizes.
+    global_batch_size: examples per step over all processes.
+    seed: the data seed; with `sampler` it fixes order and augmentation.
+    num_devices: local devices; batches are shaped (num_devices, per_core, ...).
+    process_index, process_count: this process's shard of the data.
+    num_workers: grain worker processes (0: decode in this process).
+    sampler: 'random' (shuffled epochs) or 'class_balanced' (P x K batches).
+    classes_per_batch: P for the class-balanced sampler (K = batch / P).
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f'Global batch size {global_batch_size} is not divisible by the '
+                     f'process count {process_count}.')
+  batch = global_batch_size // process_count
+  if batch % num_devices:
+    raise ValueError(f'Per-process batch size {batch} (global {global_batch_size}) is not '
+                     f'divisible by the {num_devices} local devices.')
+  if sampler == 'random':
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(None)
+  elif sampler == 'class_balanced':
+    if not classes_per_batch or batch % classes_per_batch:
+      raise ValueError(f'data.classes_per_batch={classes_per_batch} must divide the '
+                       f'per-process batch size {batch}.')
+    indices = ClassBalancedIndices(source.labels(), classes_per_batch,
+                                   batch // classes_per_batch, seed * 1000003 + process_index)
+    ds = indices.map(lambda i: source[i])
+  else:
+    raise ValueError(f"Unknown data.sampler {sampler!r}; valid: ['random', 'class_balanced'].")
+  ds = ds.random_map(train_transform(spec), seed=seed + 1)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.map(lambda b: _to_device_layout(b, num_devices))
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  if num_workers:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
+
+
+def eval_batches(source, spec: ImageSpec, *, global_batch_size: int, num_devices: int,
+                 process_index: int = 0, process_count: int = 1, num_workers: int = 0):
+  """Yields every example of `source` exactly once, in padded, masked batches.
+
+  Each process reads a contiguous shard. All processes yield the same number of
+  batches (collectives need every process in every step): short shards and the
+  last batch are padded with zero images whose mask is 0.
+  """
+  batch = global_batch_size // process_count
+  if batch % num_devices:
+    raise ValueError(f'Per-process eval batch size {batch} is not divisible by the '
+                     f'{num_devices} local devices.')
+  n = len(source)
+  bounds = np.linspace(0, n, process_count + 1).astype(int)
+  start, stop = bounds[process_index], bounds[process_index + 1]
+  max_shard = int(np.max(np.diff(bounds)))
+  num_batches = -(-max_shard // batch)
+  ds = grain.MapDataset.source(source)[start:stop].map(eval_transform(spec))
+  ds = ds.batch(batch, drop_remainder=False)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  if num_workers:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  shape = (spec.image_size, spec.image_size, 3)
+  produced = 0
+  for b in it_ds:
+    produced += 1
+    yield _to_device_layout(_pad(b, batch, shape), num_devices)
+  for _ in range(num_batches - produced):
+    yield _to_device_layout(_pad(None, batch, shape), num_devices)
+
+
+def _pad(b, size: int, image_shape):
+  """Pads a (possibly empty) batch dict to `size` examples with mask 0."""
+  if b is None:
+    b = {'image': np.zeros((0,) + image_shape, np.uint8), 'label': np.zeros((0,), np.int32),
+         'mask': np.zeros((0,), np.float32)}
+  n = len(b['label'])
+  return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
+          for k, v in b.items()}

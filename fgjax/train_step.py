@@ -1,0 +1,194 @@
+"""Train state, optimiser, and the per-core train/eval steps.
+
+The steps are written for ONE core with the collective axis named 'batch'
+(`lax.pmean` of gradients, metrics and BatchNorm statistics). `Parallel` maps
+them over all devices either with `jax.pmap` or with `jax.jit(jax.shard_map)`
+over a 1-D device mesh; the per-core code is the same for both.
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = 'batch'
+# ImageNet statistics on the 0..255 scale (the pretrained backbones expect them).
+MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
+STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def normalise(images_uint8):
+  """uint8 [..., H, W, 3] -> float32, ImageNet mean/std normalised."""
+  return (images_uint8.astype(jnp.float32) - MEAN_RGB) / STDDEV_RGB
+
+
+def lr_schedule(base_lr: float, steps_per_epoch: int, decay_epochs: int, decay_factor: float,
+                total_epochs: int) -> optax.Schedule:
+  """Step decay: base_lr * decay_factor ** floor(epoch / decay_epochs)."""
+  boundaries = {e * steps_per_epoch: decay_factor
+                for e in range(decay_epochs, total_epochs, decay_epochs)}
+  return optax.piecewise_constant_schedule(base_lr, boundaries)
+
+
+def make_optimizer(schedule: optax.Schedule, *, momentum: float, weight_decay: float,
+                   backbone_lr_mult: float) -> optax.GradientTransformation:
+  """SGD with momentum and L2 weight decay; the backbone's lr is scaled.
+
+  Weight decay is added to the gradient before momentum, as PyTorch's SGD does
+  (the reference implementations are PyTorch). Parameters under the top-level
+  'backbone' module get `backbone_lr_mult` times the lr (0.1 for a pretrained
+  backbone in the papers' recipe).
+  """
+  def sgd(mult):
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(lambda step: schedule(step) * mult, momentum=momentum))
+
+  def label(params):
+    return {k: jax.tree.map(lambda _, k=k: 'backbone' if k == 'backbone' else 'head', v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({'backbone': sgd(backbone_lr_mult), 'head': sgd(1.0)}, label)
+
+
+def create_train_state(model, tx, rng, image_size: int) -> TrainState:
+  """Initialises parameters (on the host's default device) and the optimiser."""
+  dummy = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, rng):
+  """One SGD step on this core's share of the batch; returns (state, metrics)."""
+  images, labels = normalise(batch['image']), batch['label']
+  step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
+
+  def loss_fn(params):
+    outputs, mutated = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, images, labels, train=True,
+        mutable=['batch_stats'], rngs={'dropout': step_rng})
+    losses = type(model).per_example_losses(outputs, labels)
+    return jnp.mean(losses['loss']), (outputs, losses, mutated)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (outputs, losses, mutated)), grads = grad_fn(state.params)
+  grads = lax.pmean(grads, AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # BatchNorm averages its batch statistics over AXIS already when the model is
+  # built with bn_axis_name=AXIS; the pmean keeps replicas identical otherwise.
+  batch_stats = lax.pmean(mutated.get('batch_stats', state.batch_stats), AXIS)
+  metrics = {k: jnp.mean(v) for k, v in losses.items()}
+  metrics['accuracy'] = jnp.mean(jnp.argmax(outputs['logits'], -1) == labels)
+  metrics = lax.pmean(metrics, AXIS)
+  metrics['lr'] = schedule(state.step)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, model):
+  """Masked sums over the whole (global) batch: correct, loss and count."""
+  images, labels, mask = normalise(batch['image']), batch['label'], batch['mask']
+  outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                        images, train=False)
+  losses = type(model).per_example_losses(outputs, labels)
+  correct = (jnp.argmax(outputs['logits'], -1) == labels).astype(jnp.float32)
+  sums = {'correct': jnp.sum(correct * mask), 'loss': jnp.sum(losses['loss'] * mask),
+          'count': jnp.sum(mask)}
+  return lax.psum(sums, AXIS)
+
+
+def predict_step(state: TrainState, batch, *, model):
+  """Per-example outputs (softmax probabilities, and regions when the model has them)."""
+  outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                        normalise(batch['image']), train=False)
+  result = {'probs': jax.nn.softmax(outputs['logits'].astype(jnp.float32), -1)}
+  if 'boxes' in outputs:
+    result['boxes'] = outputs['boxes']
+  return result
+
+
+class Parallel:
+  """Runs per-core functions on all devices: `jax.pmap` or `jit(shard_map)`.
+
+  Host batches come as (local_devices, per_core, ...) arrays for both modes.
+  The state lives replicated on every device; `to_host` brings one copy back.
+  """
+
+  def __init__(self, mode: str, devices=None):
+    if mode not in ('pmap', 'shard_map'):
+      raise ValueError(f"Unknown train.parallelism {mode!r}; valid: ['pmap', 'shard_map'].")
+    self.mode = mode
+    self._explicit_devices = devices is not None
+    self.devices = list(devices) if devices is not None else jax.devices()
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    if mode == 'shard_map':
+      self.mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
+
+  @property
+  def num_local_devices(self) -> int:
+    return len(self.local_devices)
+
+  def replicate(self, tree):
+    if self.mode == 'pmap':
+      # A leading device axis, laid out one slice per local device.
+      sharding = NamedSharding(jax.sharding.Mesh(np.array(self.local_devices), (AXIS,)),
+                               P(AXIS))
+      n = self.num_local_devices
+      return jax.tree.map(lambda x: jax.device_put(
+          np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding), tree)
+    sharding = NamedSharding(self.mesh, P())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+  def to_host(self, tree):
+    """One replica of a replicated tree, as NumPy arrays."""
+    if self.mode == 'pmap':
+      return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+  def shard_batch(self, batch):
+    if self.mode == 'pmap':
+      return batch  # pmap splits the leading (device) axis itself.
+    sharding = NamedSharding(self.mesh, P(AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding, x.reshape((-1,) + x.shape[2:])), batch)
+
+  def map(self, per_core: Callable, donate_state: bool = False) -> Callable:
+    """per_core(state, batch) -> outputs replicated over AXIS."""
+    donate = (0,) if donate_state else ()
+    if self.mode == 'pmap':
+      return jax.pmap(per_core, axis_name=AXIS, donate_argnums=donate,
+                      devices=self.devices if self._explicit_devices else None)
+    mapped = jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+    return jax.jit(mapped, donate_argnums=donate)
+
+  def map_per_example(self, per_core: Callable) -> Callable:
+    """per_core(state, batch) -> per-example outputs as host arrays [D * b, ...]."""
+    if self.mode == 'pmap':
+      mapped = jax.pmap(per_core, axis_name=AXIS,
+                        devices=self.devices if self._explicit_devices else None)
+    else:
+      mapped = jax.jit(jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)),
+                                     out_specs=P(AXIS)))
+
+    def run(state, batch):
+      out = jax.device_get(mapped(state, batch))
+      return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2 if self.mode == 'pmap' else 1:]), out)
+    return run

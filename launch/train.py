@@ -1,0 +1,34 @@
+r"""Trains and evaluates an fgjax model.
+
+  python launch/train.py --config=configs/cub.py --workdir=runs/cub \
+      [--config.model.name=fdl] [--config.train.batch_size=32] [--multihost]
+
+Rerunning the same command on the same workdir resumes where it stopped.
+All logic lives in fgjax.train (importable from a notebook).
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+flags.DEFINE_string('workdir', None, 'Output folder (checkpoints, metrics.jsonl, config.json).')
+flags.DEFINE_bool('multihost', False,
+                  'Call jax.distributed.initialize() first (Cloud TPU VM pods and other '
+                  'multi-process jobs; the cluster is detected from the environment).')
+config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.multihost:
+    jax.distributed.initialize()
+  from fgjax import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)
