@@ -102,18 +102,28 @@ def _flat_keys(config, prefix=''):
       yield f'{prefix}{k}'
 
 
+def valid_keys() -> list[str]:
+  """Every config key, dotted ('train.batch_size')."""
+  return sorted(_flat_keys(base_config()))
+
+
+def unknown_keys_message(unknown) -> str:
+  """An error text for misspelt keys: closest matches and the full list."""
+  known = valid_keys()
+  hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+  hints = ', '.join(f'{k} -> {m[0]}' for k, m in hints.items() if m)
+  return (f'Unknown config keys {sorted(unknown)}' + (f' (did you mean {hints}?)' if hints else '')
+          + f'. Valid keys: {known}.')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key and the valid values for a bad config."""
   # Imported here: models import jax/flax, which configs must not need.
   from fgjax import models  # pylint: disable=g-import-not-at-top
   from fgjax.models import resnet  # pylint: disable=g-import-not-at-top
-  known = set(_flat_keys(base_config()))
-  given = set(_flat_keys(config))
-  unknown = sorted(given - known)
+  unknown = set(_flat_keys(config)) - set(valid_keys())
   if unknown:
-    hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-    raise ValueError(f'Unknown config keys {unknown} (did you mean {hints}?). '
-                     f'Valid keys: {sorted(known)}.')
+    raise ValueError(unknown_keys_message(unknown))
   choices = {**CHOICES, 'model.name': tuple(models.MODELS),
              'model.backbone': tuple(resnet.BACKBONES)}
   for key, valid in choices.items():

@@ -176,7 +176,10 @@ class Parallel:
     if self.mode == 'pmap':
       return jax.pmap(per_core, axis_name=AXIS, donate_argnums=donate,
                       devices=self.devices if self._explicit_devices else None)
-    mapped = jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+    # check_vma=False: gradients of replicated params stay per-core (as under
+    # pmap) instead of being summed by shard_map's autodiff; train_step pmeans them.
+    mapped = jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                           check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
 
   def map_per_example(self, per_core: Callable) -> Callable:
@@ -186,7 +189,7 @@ class Parallel:
                         devices=self.devices if self._explicit_devices else None)
     else:
       mapped = jax.jit(jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                     out_specs=P(AXIS)))
+                                     out_specs=P(AXIS), check_vma=False))
 
     def run(state, batch):
       out = jax.device_get(mapped(state, batch))

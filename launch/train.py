@@ -20,6 +20,17 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file in config
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """absl parsing, after checking every --config.KEY override against the known keys."""
+  from fgjax import config_lib  # pylint: disable=g-import-not-at-top
+  overrides = [a[2:].split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+  unknown = [k[len('config.'):] for k in overrides
+             if k[len('config.'):] not in config_lib.valid_keys()]
+  if unknown:
+    raise app.UsageError(config_lib.unknown_keys_message(unknown))
+  return flags.FLAGS(argv)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -31,4 +42,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

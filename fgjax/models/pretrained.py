@@ -117,9 +117,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         'collections.OrderedDict.')
 
   def persistent_load(self, pid):
-    if (not isinstance(pid, tuple) or len(pid) < 5 or
-        (pid[0].decode() if isinstance(pid[0], bytes) else pid[0]) != 'storage' or
-        not isinstance(pid[1], _StorageType)):
+    # ('storage', storage type, key, location, numel[, view metadata]); a Python 2
+    # pickle may hold bytes.
+    if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] not in ('storage', b'storage')
+        or not isinstance(pid[1], _StorageType)):
       raise pickle.UnpicklingError(f'{self._path}: unsupported persistent id {pid!r:.200}.')
     return self._load_storage(pid)
 
@@ -137,6 +138,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _to_array(tensor: _Tensor, where: str) -> np.ndarray:
   """Copies a strided view out of its storage, after checking its bounds."""
   data = tensor.storage.array()
+  if data is None:
+    raise ValueError(f'{where}: its storage has no data in the file.')
   shape, stride, offset = tensor.shape, tensor.stride, tensor.offset
   if len(shape) != len(stride) or any(n < 0 for n in shape) or any(s < 0 for s in stride):
     raise ValueError(f'{where}: bad shape {shape} or stride {stride}.')
@@ -185,7 +188,8 @@ def _load_legacy(path: str, f):
 
   if load() != _LEGACY_MAGIC or load() != _LEGACY_VERSION:
     raise ValueError(f'{path}: not a PyTorch checkpoint (bad magic number or version).')
-  little_endian = load().get('little_endian', True)
+  sys_info = load()
+  little_endian = sys_info.get('little_endian', True) if isinstance(sys_info, dict) else True
   roots, views = {}, {}
 
   def load_storage(pid):

@@ -25,6 +25,9 @@ import jax.numpy as jnp
 
 BN_EPSILON = 1e-5  # torchvision's value, so that converted weights behave alike.
 BN_MOMENTUM = 0.9  # flax convention: running = momentum * running + (1 - momentum) * batch.
+# 3x3 convolutions pad one pixel on every side, as torchvision does ('SAME' pads
+# (0, 1) for a stride-2 convolution on an even size and would shift features).
+PAD3 = ((1, 1), (1, 1))
 
 
 class BasicBlock(nn.Module):
@@ -38,9 +41,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), self.strides, name='conv1')(x)
+    y = self.conv(self.filters, (3, 3), self.strides, padding=PAD3, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.filters, (3, 3), name='conv2')(y)
+    y = self.conv(self.filters, (3, 3), padding=PAD3, name='conv2')(y)
     y = self.norm(name='bn2', scale_init=nn.initializers.zeros)(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), self.strides, name='downsample_conv')(x)
@@ -61,7 +64,7 @@ class BottleneckBlock(nn.Module):
     residual = x
     y = self.conv(self.filters, (1, 1), name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.filters, (3, 3), self.strides, name='conv2')(y)
+    y = self.conv(self.filters, (3, 3), self.strides, padding=PAD3, name='conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
     y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y)

@@ -1,0 +1,133 @@
+"""Per-core train step under pmap and shard_map; optimiser and schedule."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fgjax import train_step as ts
+from fgjax.models import classifier
+
+NUM_CLASSES = 5
+
+
+def _setup(backbone_lr_mult=1.0, weight_decay=5e-4, bn_axis_name=ts.AXIS):
+  model = classifier.Classifier(num_classes=NUM_CLASSES, backbone='resnet_tiny',
+                                bn_axis_name=bn_axis_name)
+  schedule = ts.lr_schedule(0.1, steps_per_epoch=2, decay_epochs=1, decay_factor=0.1,
+                            total_epochs=3)
+  tx = ts.make_optimizer(schedule, momentum=0.9, weight_decay=weight_decay,
+                         backbone_lr_mult=backbone_lr_mult)
+  state = ts.create_train_state(model, tx, jax.random.key(0), image_size=32)
+  return model, schedule, tx, state
+
+
+def _batch(num_devices, global_batch=16, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, size=(global_batch, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, NUM_CLASSES, size=(global_batch,)).astype(np.int32)
+  return {'image': images.reshape((num_devices, -1, 32, 32, 3)),
+          'label': labels.reshape((num_devices, -1)),
+          'mask': np.ones((num_devices, global_batch // num_devices), np.float32)}
+
+
+def _run(mode, devices, steps=2):
+  model, schedule, tx, state = _setup()
+  parallel = ts.Parallel(mode, devices)
+  step = parallel.map(functools.partial(ts.train_step, model=model, tx=tx, schedule=schedule,
+                                        rng=jax.random.key(1)), donate_state=True)
+  state = parallel.replicate(state)
+  metrics = None
+  for i in range(steps):
+    state, metrics = step(state, parallel.shard_batch(_batch(len(devices), seed=i)))
+  return parallel.to_host(state), parallel.to_host(metrics)
+
+
+def test_eight_devices_equal_one_device_on_the_same_global_batch():
+  # BatchNorm averages its statistics over the 'batch' axis, so 8 x 2 examples
+  # see exactly the statistics of 1 x 16: parameters must agree.
+  state8, metrics8 = _run('pmap', jax.devices()[:8])
+  state1, metrics1 = _run('pmap', jax.devices()[:1])
+  chex.assert_trees_all_close(state8.params, state1.params, rtol=2e-5, atol=2e-6)
+  chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(metrics8['loss'], metrics1['loss'], rtol=1e-5)
+  assert int(state8.step) == 2
+
+
+def test_shard_map_agrees_with_pmap():
+  state_p, metrics_p = _run('pmap', jax.devices()[:8])
+  state_s, metrics_s = _run('shard_map', jax.devices()[:8])
+  chex.assert_trees_all_close(state_p.params, state_s.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics_p['accuracy'], metrics_s['accuracy'])
+
+
+def test_train_step_traces_once():
+  model, schedule, tx, state = _setup()
+  parallel = ts.Parallel('pmap', jax.devices()[:8])
+
+  @chex.assert_max_traces(n=1)
+  def per_core(state, batch):
+    return ts.train_step(state, batch, model=model, tx=tx, schedule=schedule,
+                         rng=jax.random.key(1))
+
+  step = parallel.map(per_core, donate_state=True)
+  state = parallel.replicate(state)
+  for i in range(3):
+    state, _ = step(state, _batch(8, seed=i))
+  assert int(parallel.to_host(state).step) == 3
+
+
+def test_lr_schedule_steps_down_every_decay_epochs():
+  schedule = ts.lr_schedule(0.01, steps_per_epoch=10, decay_epochs=40, decay_factor=0.1,
+                            total_epochs=100)
+  for step in [0, 399, 400, 799, 800, 999]:
+    expected = 0.01 * 0.1 ** (step // 400)
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
+
+
+def test_first_sgd_step_matches_pytorch_formula_with_backbone_multiplier():
+  # PyTorch SGD, first step (momentum buffer = gradient): p <- p - lr * mult * (g + wd * p).
+  model, schedule, tx, state = _setup(backbone_lr_mult=0.1, weight_decay=5e-4,
+                                      bn_axis_name=None)
+  images = _batch(1)['image'][0]
+  labels = _batch(1)['label'][0]
+
+  def loss(params):
+    outputs, _ = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                             ts.normalise(images), train=True, mutable=['batch_stats'])
+    return classifier.Classifier.per_example_losses(outputs, labels)['loss'].mean()
+
+  grads = jax.jit(jax.grad(loss))(state.params)
+  updates, _ = tx.update(grads, state.opt_state, state.params)
+  for group, mult in [('backbone', 0.1), ('head', 1.0)]:
+    for g, p, u in zip(jax.tree.leaves(grads[group]), jax.tree.leaves(state.params[group]),
+                       jax.tree.leaves(updates[group])):
+      expected = -0.1 * mult * (np.float64(g) + 5e-4 * np.float64(p))
+      np.testing.assert_allclose(u, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_eval_step_masks_padding():
+  model, _, _, state = _setup()
+  parallel = ts.Parallel('pmap', jax.devices()[:8])
+  p_eval = parallel.map(functools.partial(ts.eval_step, model=model))
+  batch = _batch(8)
+  batch['mask'][:, 1] = 0.0  # Half of the examples are padding.
+  sums = parallel.to_host(p_eval(parallel.replicate(state), batch))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  logits = model.apply(variables, ts.normalise(batch['image'].reshape(-1, 32, 32, 3)))['logits']
+  logits = np.asarray(logits, np.float64).reshape(8, 2, NUM_CLASSES)
+  keep = batch['mask'] > 0
+  correct = (logits.argmax(-1) == batch['label'])[keep].sum()
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp, batch['label'][..., None], -1)[..., 0][keep].sum()
+  assert float(sums['count']) == 8
+  assert float(sums['correct']) == correct
+  np.testing.assert_allclose(float(sums['loss']), nll, rtol=1e-5)
+
+
+def test_parallel_rejects_unknown_mode():
+  with pytest.raises(ValueError, match='pmap'):
+    ts.Parallel('pjit')
