@@ -20,12 +20,12 @@ def get_config():
   c.model.name = 'resnet'
   c.model.backbone = 'resnet_tiny'
   c.train.batch_size = 32
-  c.train.epochs = 12
+  c.train.epochs = 20
   c.train.base_lr = 0.1
-  c.train.lr_decay_epochs = 8
+  c.train.lr_decay_epochs = 14
   c.train.weight_decay = 1e-4
   c.train.log_every_steps = 25
-  c.train.eval_every_epochs = 4
+  c.train.eval_every_epochs = 5
   c.train.checkpoint_every_steps = 250
   c.eval.batch_size = 100
   return c
