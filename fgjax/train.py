@@ -47,15 +47,13 @@ def _format_eta(seconds: float) -> str:
 def open_sources(config):
   """Train and eval sources and the class count; stops if data is not prepared."""
   data_dir = os.path.expanduser(config.data.data_dir)
-  builder = registry.get_builder(config.data.name, data_dir,
-                                 builder_config=config.data.builder_config or None)
-  if config.data.name == 'demo' and not builder.is_prepared():
+  builder_config = config.data.builder_config or None
+  if config.data.name == 'demo':
     # The demo needs no download: generate it on first use (main process only).
     if jax.process_index() == 0:
-      builder.download_and_prepare()
+      registry.prepare('demo', data_dir, builder_config=builder_config)
     _sync_processes('demo data')
-  if hasattr(registry, "require_prepared"):  # TEMP until helper lands
-    registry.require_prepared(config.data.name, data_dir, config.data.builder_config or None)
+  builder = registry.require_prepared(config.data.name, data_dir, builder_config)
   train = pipeline.TfdsSource(config.data.name, data_dir, config.data.train_split,
                               config.data.builder_config)
   test = pipeline.TfdsSource(config.data.name, data_dir, config.data.eval_split,

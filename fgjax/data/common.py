@@ -28,11 +28,20 @@ class BadImageError(ValueError):
   """An image file that cannot be decoded."""
 
 
-def features_dict(class_names) -> tfds.features.FeaturesDict:
-  """The features every fgjax builder writes (see the module docstring)."""
+def features_dict(class_names=None) -> tfds.features.FeaturesDict:
+  """The features every fgjax builder writes (see the module docstring).
+
+  Args:
+    class_names: the class names in label order, or None when they are only
+      known once the official files are read: the builder then sets
+      `features['label'].names` before writing, and a prepared data set
+      restores them from its folder.
+  """
+  label = (tfds.features.ClassLabel() if class_names is None
+           else tfds.features.ClassLabel(names=list(class_names)))
   return tfds.features.FeaturesDict({
       'image': tfds.features.Image(),
-      'label': tfds.features.ClassLabel(names=list(class_names)),
+      'label': label,
       'label_name': tfds.features.Text(),
       'bbox': tfds.features.BBoxFeature(),
       'file_name': tfds.features.Text(),

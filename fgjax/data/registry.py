@@ -1,10 +1,15 @@
 """Data set names as the config spells them -> TFDS builder classes.
 
-Builders are imported lazily so that importing fgjax stays cheap.
+Builders are imported lazily so that importing fgjax stays cheap. Preparing
+(`prepare`) and checking that a data set is prepared (`require_prepared`) live
+here so that `launch/prepare_data.py` and the train loop share them.
 """
 
+import dataclasses
+import glob
 import importlib
 import os
+import textwrap
 
 # config.data.name -> (module, builder class).
 BUILDERS = {
@@ -15,6 +20,10 @@ BUILDERS = {
 }
 
 
+class DataNotPreparedError(FileNotFoundError):
+  """The data set has not been prepared in data_dir (the message says how)."""
+
+
 def builder_class(name: str):
   """The TFDS builder class registered as `name`."""
   if name not in BUILDERS:
@@ -23,16 +32,125 @@ def builder_class(name: str):
   return getattr(importlib.import_module(module), cls)
 
 
-def get_builder(name: str, data_dir: str, manual_dir: str | None = None,
-                builder_config: str | None = None, **kwargs):
-  """Instantiates the builder for `name`, writing ArrayRecord under `data_dir`."""
+def _needs_manual_files(cls) -> bool:
+  from fgjax.data import manual_files  # pylint: disable=g-import-not-at-top
+  return issubclass(cls, manual_files.OfficialBuilder)
+
+
+def get_builder(name: str, data_dir: str, builder_config: str | None = None,
+                on_bad_image: str = 'error'):
+  """Instantiates the builder for `name`, writing ArrayRecord under `data_dir`.
+
+  Args:
+    name: a key of BUILDERS.
+    data_dir: the TFDS data dir ('~' is expanded).
+    builder_config: e.g. 'family' for aircraft; None for the default.
+    on_bad_image: 'error' or 'skip' (common.BAD_IMAGE_POLICIES); used by the
+      builders of official files only (the demo has no bad images).
+  """
   cls = builder_class(name)
+  kwargs = {}
   if builder_config:
+    valid = [c.name for c in cls.BUILDER_CONFIGS]
+    if builder_config not in valid:
+      raise ValueError(f'Data set {name!r} has no builder config {builder_config!r}; '
+                       f'valid: {valid or "none"}.')
     kwargs['config'] = builder_config
-  download_config = None
-  if manual_dir:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    download_config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir))
-  builder = cls(data_dir=os.path.expanduser(data_dir), file_format='array_record', **kwargs)
-  builder.fgjax_download_config = download_config
-  return builder
+  if _needs_manual_files(cls):
+    kwargs['on_bad_image'] = on_bad_image
+  return cls(data_dir=os.path.expanduser(data_dir), file_format='array_record', **kwargs)
+
+
+def prepare_command(name: str, data_dir: str, builder_config: str | None = None) -> str:
+  """The shell command that prepares `name` (run from the repository root)."""
+  parts = ['python launch/prepare_data.py', f'--dataset={name}']
+  if _needs_manual_files(builder_class(name)):
+    parts.append('--manual_dir=DIR')
+  parts.append(f'--data_dir={data_dir}')
+  if builder_config:
+    parts.append(f'--builder_config={builder_config}')
+  return ' '.join(parts)
+
+
+def _is_prepared(builder) -> bool:
+  # Checking the folder first spares TFDS's warning about a folder that is not there.
+  return os.path.isdir(os.fspath(builder.data_path)) and builder.is_prepared()
+
+
+def _interrupted_dirs(builder) -> list[str]:
+  """Folders a killed prepare left behind (TFDS writes to incomplete.* first)."""
+  return sorted(glob.glob(os.path.join(os.fspath(builder.data_path.parent),
+                                       f'incomplete.*_{builder.version}')))
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareResult:
+  builder: object  # The prepared tfds builder.
+  already_prepared: bool  # True: nothing was done.
+  skipped_files: list  # Bad images left out (on_bad_image='skip'), by path.
+  data_path: str  # The prepared data set's folder.
+
+  def split_sizes(self) -> dict:
+    return {s: info.num_examples for s, info in self.builder.info.splits.items()}
+
+
+def prepare(name: str, data_dir: str, manual_dir: str | None = None,
+            builder_config: str | None = None, on_bad_image: str = 'error') -> PrepareResult:
+  """Builds the ArrayRecord data set from the manual download, unless already done.
+
+  An interrupted prepare leaves no data set that looks complete (TFDS writes
+  into an incomplete.* folder and renames it at the end); calling this again
+  builds it from scratch.
+
+  Args:
+    name: a key of BUILDERS.
+    data_dir: the TFDS data dir.
+    manual_dir: the folder holding the official archive or extracted folder;
+      None means TFDS's default, <data_dir>/downloads/manual.
+    builder_config: e.g. 'family' for aircraft.
+    on_bad_image: 'error' stops at the first undecodable image, naming it;
+      'skip' leaves such images out and lists them in the result.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(data_dir)
+  builder = get_builder(name, data_dir, builder_config, on_bad_image)
+  data_path = os.fspath(builder.data_path)
+  skipped = getattr(builder, 'skipped_files', [])
+  if _is_prepared(builder):
+    return PrepareResult(builder, True, skipped, data_path)
+  if os.path.exists(data_path):
+    # TFDS would take any folder there for a finished data set and return.
+    raise FileExistsError(f'{data_path} exists but is not a complete data set (no '
+                          'dataset_info.json); delete it and prepare again.')
+  if _needs_manual_files(type(builder)):
+    manual_dir = os.path.expanduser(manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+      from fgjax.data import manual_files  # pylint: disable=g-import-not-at-top
+      raise manual_files.OfficialFilesError(
+          f'The manual dir {manual_dir} does not exist or is empty. Put the official files '
+          f'there:\n{textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)}')
+  for path in _interrupted_dirs(builder):
+    logging.warning('Left by an interrupted prepare (safe to delete once no other '
+                    'prepare is running): %s', path)
+  config = tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir) if manual_dir else None)
+  builder.download_and_prepare(download_config=config)
+  return PrepareResult(builder, False, getattr(builder, 'skipped_files', []), data_path)
+
+
+def require_prepared(name: str, data_dir: str, builder_config: str | None = None):
+  """The builder of a prepared data set; DataNotPreparedError with the command if not."""
+  builder = get_builder(name, data_dir, builder_config)
+  if _is_prepared(builder):
+    return builder
+  message = (f'Data set {name!r}{f" ({builder_config})" if builder_config else ""} is not '
+             f'prepared in {os.path.expanduser(data_dir)}. Prepare it with:\n  '
+             f'{prepare_command(name, data_dir, builder_config)}')
+  if _needs_manual_files(type(builder)):
+    message += ('\nwhere DIR holds the official files:\n' +
+                textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS))
+  interrupted = _interrupted_dirs(builder)
+  if interrupted:
+    message += f'\n(An interrupted prepare left {interrupted}; rerunning finishes the job.)'
+  raise DataNotPreparedError(message)
