@@ -67,10 +67,21 @@ def abstract_like(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def restore_state_only(checkpoint_dir: str, abstract_state):
-  """The train state of the newest checkpoint in `checkpoint_dir` (for init_from)."""
+def restore_state_only(checkpoint_dir: str, abstract_state,
+                       prefer: tuple[str, ...] = ('checkpoints', 'best', '')):
+  """The train state of a run's checkpoint, without its data iterator.
+
+  Args:
+    checkpoint_dir: a run's workdir (or a folder of orbax step folders).
+    abstract_state: the restore target (`abstract_like(fresh_state)`).
+    prefer: sub-folders to look in, first match wins: ('checkpoints', ...) takes
+      the newest checkpoint (init_from), ('best', ...) the best-accuracy one.
+
+  Returns:
+    (state, path of the checkpoint folder it came from).
+  """
   checkpoint_dir = os.path.abspath(os.path.expanduser(checkpoint_dir))
-  for sub in ('checkpoints', 'best', ''):
+  for sub in prefer:
     path = os.path.join(checkpoint_dir, sub)
     if not os.path.isdir(path):
       continue
@@ -80,6 +91,6 @@ def restore_state_only(checkpoint_dir: str, abstract_state):
         continue
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))
-      return restored['state']
+      return restored['state'], os.path.join(path, str(step))
   raise FileNotFoundError(f'No checkpoint found under {checkpoint_dir} (looked in '
-                          f'checkpoints/, best/ and the folder itself).')
+                          f'{", ".join(p + "/" for p in prefer if p)} and the folder itself).')

@@ -39,6 +39,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pretrained_path = ''  # torchvision ResNet weights (.pth or .npz); '' trains from scratch.
   c.model.init_from = ''  # A checkpoint folder of another run to start from (params only).
 
+  # NTS-Net (fgjax/models/nts.py). Pixel sizes are given at reference_size and scaled
+  # by min(H, W) / reference_size for other inputs.
+  c.model.nts = ml_collections.ConfigDict()
+  c.model.nts.proposal_num = 6  # Parts kept after NMS (PROPOSAL_NUM).
+  c.model.nts.cat_num = 4  # Top parts in the concatenated feature (CAT_NUM).
+  c.model.nts.nms_iou = 0.25  # NMS keeps a box only if its IoU with every kept box is below this.
+  c.model.nts.part_size = 224  # Side of a zoomed part at reference_size.
+  c.model.nts.pad = 224  # Zero padding around the image at reference_size.
+  c.model.nts.reference_size = 448  # Input size the pixel sizes above refer to.
+  c.model.nts.dropout_rate = 0.5  # Dropout on pooled features, training only.
+  c.model.nts.navigator_width = 128  # Channels of the navigator's convolutions.
+
+  # FDL, "Learning to Focus and Discriminate" (fgjax/models/fdl.py).
+  c.model.fdl = ml_collections.ConfigDict()
+  c.model.fdl.num_regions = 6  # m: regions zoomed in after NMS.
+  c.model.fdl.hybrid_regions = 4  # l: region features in the hybrid feature.
+  c.model.fdl.nms_iou = 0.25  # NMS threshold.
+  c.model.fdl.part_size = 224  # Side of a zoomed region at reference_size.
+  c.model.fdl.pad = 224  # Zero padding around the image at reference_size.
+  c.model.fdl.reference_size = 448  # Input size the pixel sizes above refer to.
+  c.model.fdl.image_level_only = False  # Ablation: image-level classifier only, no regions.
+  c.model.fdl.cam_mode = 'max'  # 'max' over all class maps (Eq. 2) or 'single' (ablation).
+  c.model.fdl.smooth_sigma = 1.0  # Gaussian smoothing of the attention map, in map cells.
+  c.model.fdl.smooth_kernel_size = ml_collections.config_dict.placeholder(int)  # None: 2*ceil(3 sigma)+1.
+  # None: NTS-Net's anchors; an int (160 in the paper) uses one box of this size per map cell.
+  c.model.fdl.region_size = ml_collections.config_dict.placeholder(int)
+  c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
+
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
   c.train.epochs = 100  # Training length; converted to steps once.
@@ -91,6 +119,7 @@ CHOICES = {
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),
     'train.parallelism': ('pmap', 'shard_map'),
+    'model.fdl.cam_mode': ('max', 'single'),
 }
 
 
@@ -127,8 +156,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choices = {**CHOICES, 'model.name': tuple(models.MODELS),
              'model.backbone': tuple(resnet.BACKBONES)}
   for key, valid in choices.items():
-    section, name = key.split('.')
-    value = config[section][name]
+    value = config
+    for part in key.split('.'):
+      value = value[part]
     if value not in valid:
       raise ValueError(f'config.{key}={value!r} is not valid; valid values: {list(valid)}.')
   for key in ('train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',

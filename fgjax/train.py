@@ -84,6 +84,17 @@ def evaluate(parallel, p_eval, state, source, spec, config) -> dict:
           'count': count}
 
 
+def build_model_and_optimizer(config, num_classes: int, steps_per_epoch: int):
+  """(model, lr schedule, optax transformation) as `config` describes them."""
+  model = models.build_model(config.model, num_classes, bn_axis_name=ts.AXIS)
+  schedule = ts.lr_schedule(config.train.base_lr, steps_per_epoch, config.train.lr_decay_epochs,
+                            config.train.lr_decay_factor, config.train.epochs)
+  tx = ts.make_optimizer(
+      schedule, momentum=config.train.momentum, weight_decay=config.train.weight_decay,
+      backbone_lr_mult=config.train.pretrained_lr_mult if config.model.pretrained_path else 1.0)
+  return model, schedule, tx
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_after_steps: int | None = None) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
@@ -123,12 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = config.train.epochs * steps_per_epoch
   eval_every = config.train.eval_every_epochs * steps_per_epoch
 
-  model = models.build_model(config.model, num_classes, bn_axis_name=ts.AXIS)
-  schedule = ts.lr_schedule(config.train.base_lr, steps_per_epoch, config.train.lr_decay_epochs,
-                            config.train.lr_decay_factor, config.train.epochs)
-  tx = ts.make_optimizer(
-      schedule, momentum=config.train.momentum, weight_decay=config.train.weight_decay,
-      backbone_lr_mult=config.train.pretrained_lr_mult if config.model.pretrained_path else 1.0)
+  model, schedule, tx = build_model_and_optimizer(config, num_classes, steps_per_epoch)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   state = ts.create_train_state(model, tx, init_rng, config.data.image_size)
@@ -195,8 +201,8 @@ def _initial_state(config, ckpt, state, train_iter):
   if ckpt.latest_step() is not None:
     return ckpt.restore(checkpoint.abstract_like(state), train_iter)
   if config.model.init_from:
-    restored = checkpoint.restore_state_only(config.model.init_from,
-                                             checkpoint.abstract_like(state))
+    restored, _ = checkpoint.restore_state_only(config.model.init_from,
+                                                checkpoint.abstract_like(state))
     return state.replace(params=restored.params, batch_stats=restored.batch_stats)
   if config.model.pretrained_path:
     from fgjax.models import pretrained  # pylint: disable=g-import-not-at-top

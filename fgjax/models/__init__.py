@@ -16,6 +16,8 @@ import jax.numpy as jnp
 # name -> (module, class).
 MODELS = {
     'resnet': ('fgjax.models.classifier', 'Classifier'),
+    'nts': ('fgjax.models.nts', 'NTSNet'),
+    'fdl': ('fgjax.models.fdl', 'FDL'),
 }
 
 
@@ -29,6 +31,6 @@ def model_class(name: str):
 def build_model(model_config, num_classes: int, bn_axis_name=None):
   """Instantiates the model described by `config.model`."""
   cls = model_class(model_config.name)
-  kwargs = dict(model_config.get(model_config.name, {}))
+  kwargs = model_config[model_config.name].to_dict() if model_config.name in model_config else {}
   return cls(num_classes=num_classes, backbone=model_config.backbone,
              dtype=jnp.dtype(model_config.dtype), bn_axis_name=bn_axis_name, **kwargs)

@@ -1,0 +1,126 @@
+"""Load a trained run and use it: evaluate, predict files, draw the mined regions.
+
+Everything here works from a run's workdir alone (config.json + checkpoints),
+so a notebook can do:
+
+  run = inference.load_run('runs/cub_fdl')
+  probs, boxes = run.predict(inference.load_images(['bird.jpg'], run.spec))
+"""
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from fgjax import checkpoint
+from fgjax import config_lib
+from fgjax import train
+from fgjax import train_step as ts
+from fgjax.data import pipeline
+from fgjax.data import registry
+
+# Colours of the top-1.. regions, as in FDL's figure 2 (red, green, blue, yellow, ...).
+REGION_COLOURS = ['#ff0000', '#00c000', '#0060ff', '#ffd000', '#ff00ff', '#00e0e0']
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with (its workdir's config.json), validated."""
+  path = os.path.join(os.path.expanduser(workdir), 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a fgjax workdir?')
+  with open(path) as f:
+    values = json.load(f)
+  config = config_lib.base_config()
+  config.unlock()
+  config.update_from_flattened_dict(
+      {k: v for k, v in _flatten(values).items()})
+  config.lock()
+  config_lib.validate(config)
+  return config
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained model ready for inference."""
+  config: ml_collections.ConfigDict
+  model: object
+  state: ts.TrainState
+  class_names: list[str]
+  checkpoint_path: str
+
+  @property
+  def spec(self) -> pipeline.ImageSpec:
+    return pipeline.ImageSpec(self.config.data.image_size, self.config.data.resize_size)
+
+  @functools.cached_property
+  def _predict_fn(self):
+    return jax.jit(functools.partial(ts.predict_step, model=self.model))
+
+  def predict(self, images_uint8: np.ndarray, batch_size: int = 32):
+    """uint8 [N, S, S, 3] -> (probs [N, C], boxes [N, m, 4] or None), on one device."""
+    probs, boxes = [], []
+    for i in range(0, len(images_uint8), batch_size):
+      out = jax.device_get(self._predict_fn(self.state, {'image': images_uint8[i:i + batch_size]}))
+      probs.append(out['probs'])
+      if 'boxes' in out:
+        boxes.append(out['boxes'])
+    return np.concatenate(probs), (np.concatenate(boxes) if boxes else None)
+
+
+def load_run(workdir: str, which: str = 'best') -> Run:
+  """Restores the 'best' (highest eval accuracy) or 'latest' checkpoint of a run."""
+  if which not in ('best', 'latest'):
+    raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}.")
+  config = load_config(workdir)
+  builder = registry.require_prepared(config.data.name, os.path.expanduser(config.data.data_dir),
+                                      config.data.builder_config or None)
+  class_names = list(builder.info.features['label'].names)
+  model, _, tx = train.build_model_and_optimizer(config, len(class_names), steps_per_epoch=1)
+  fresh = jax.eval_shape(lambda: ts.create_train_state(model, tx, jax.random.key(0),
+                                                       config.data.image_size))
+  prefer = ('best', 'checkpoints') if which == 'best' else ('checkpoints', 'best')
+  state, path = checkpoint.restore_state_only(workdir, fresh, prefer=prefer)
+  return Run(config, model, state, class_names, path)
+
+
+def load_images(paths, spec: pipeline.ImageSpec) -> np.ndarray:
+  """Image files -> uint8 [N, S, S, 3], preprocessed exactly as evaluation does."""
+  transform = pipeline.eval_transform(spec)
+  out = []
+  for path in paths:
+    with open(path, 'rb') as f:
+      data = f.read()
+    try:
+      out.append(transform({'image': data, 'label': 0, 'crop_bottom': 0})['image'])
+    except Exception as e:  # PIL raises many types for broken files.
+      raise ValueError(f'{path}: cannot decode image ({type(e).__name__}: {e}).') from e
+  return np.stack(out)
+
+
+def draw_regions(image_uint8: np.ndarray, boxes, caption: str, scale: int = 2) -> PIL.Image.Image:
+  """The model input with its regions (y0, x0, y1, x1 pixels) outlined, top-1 first."""
+  img = PIL.Image.fromarray(image_uint8).resize(
+      (image_uint8.shape[1] * scale, image_uint8.shape[0] * scale), PIL.Image.NEAREST)
+  draw = PIL.ImageDraw.Draw(img)
+  for i, (y0, x0, y1, x1) in enumerate([] if boxes is None else boxes):
+    draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale],
+                   outline=REGION_COLOURS[i % len(REGION_COLOURS)], width=2)
+  draw.rectangle([0, 0, img.size[0], 12], fill='black')
+  draw.text((2, 0), caption, fill='white')
+  return img

@@ -1,0 +1,188 @@
+"""FDL: "Learning to Focus and Discriminate for Fine-Grained Classification" (Feng, Fu,
+Zhao; ICIP 2019). `model.name='fdl'`.
+
+  1. backbone(image) -> Z [h, w, n], F^I = GAP(Z); image logits S = W F^I + b (Eq. 1).
+  2. attention M = max_k sum_i W_ki Z_i (Eq. 2), Gaussian-smoothed (fgjax.ops.cam_attention).
+  3. candidate regions scored on M, greedy NMS at IoU 0.25, top m = 6.
+  4. each region is cut from the zero-padded image, zoomed to 224, gradient-stopped, and
+     passed through the SAME backbone -> F^R_1..F^R_m; one region classifier for all.
+  5. hybrid feature [F^I, F^R_1..F^R_l], l = 4 -> hybrid classifier, the prediction.
+
+Loss: image-level CE + region-level CE (mean over the m regions) + hybrid CE, summed with
+equal weights. The selection is discrete (NMS) and the crops are gradient-stopped, so the
+attention influences training only through which regions are chosen, as in the paper.
+
+Our readings, each with its switch:
+- Region candidates (`region_size=None`): NTS-Net's anchors (1614 at 448), each scored by the
+  mean of the smoothed M, upsampled to the input by replication, inside the box (summed-area
+  table; METHOD_NOTES). The paper's text says instead that "each pixel in M corresponds to a
+  region" and gives the localized regions as 160 x 160 at 448: `region_size=160` uses one
+  square box of that side (scaled with the input) centred on each cell of M (the cells of
+  the stride-32 grid), scored by M at that cell.
+- Smoothing: sigma = 1 map cell, kernel 2*ceil(3 sigma)+1 = 7, reflected borders
+  (`smooth_sigma`, `smooth_kernel_size`; `smooth_sigma=0` switches it off). The paper gives
+  no numbers.
+- The image classifier has a bias (`classifier_bias=False` for Eq. 1 to the letter); the
+  attention never uses it (Eq. 2 has none).
+- Region-level loss: the mean over the m regions of their CE (the paper says only "softmax
+  losses"; NTS-Net averages its part loss the same way).
+- Sizes: as NTS-Net (fgjax.models.nts): pixel quantities at 448 scaled by min(H, W)/448.
+- Fewer than m boxes after NMS (only at tiny inputs): fgjax.ops.nms's fill rule, flagged in
+  'box_valid'.
+
+Ablations of the paper: `image_level_only=True` trains and predicts with the image
+classifier alone (no attention, no regions: a plain backbone + GAP + linear);
+`cam_mode='single'` uses the map of the ground-truth class in training and of the predicted
+class at evaluation instead of the max over classes.
+
+BatchNorm: as in fgjax.models.nts, the backbone runs on the images and then on the regions;
+in training each call uses its own batch statistics and updates the running averages in
+turn (two momentum updates per step, images first, then regions); evaluation uses the running
+averages for both.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from fgjax.models import resnet
+from fgjax.ops import anchors as anchors_lib
+from fgjax.ops import cam_attention
+from fgjax.ops import crop
+from fgjax.ops import nms
+from fgjax.ops import ranking
+
+FEATURE_STRIDE = 32  # Output stride of the backbone's stage4, the grid of M.
+
+
+class FDL(nn.Module):
+  """FDL with a shared ResNet backbone.
+
+  Attributes:
+    num_classes: C.
+    backbone: a name for `fgjax.models.resnet.get_backbone`.
+    dtype: computation dtype of the backbone; logits are float32.
+    bn_axis_name: BatchNorm's cross-device axis, or None.
+    num_regions: m, regions after NMS (6).
+    hybrid_regions: l, regions in the hybrid feature (4), the top-scoring ones.
+    nms_iou: NMS suppression threshold (0.25).
+    part_size: side of a zoomed region at `reference_size` (224).
+    pad: zero padding at `reference_size` (224).
+    reference_size: input size at which the pixel quantities are given (448).
+    image_level_only: ablation: the image classifier alone, no regions.
+    cam_mode: 'max' (FDL) or 'single' (ground truth in training, prediction at test).
+    smooth_sigma: Gaussian sigma in map cells; 0 disables smoothing.
+    smooth_kernel_size: odd kernel side; None for 2*ceil(3 sigma)+1.
+    region_size: None for NTS-Net's anchors scored by box means; a side at
+      `reference_size` (the paper's 160) for one square region per map cell.
+    classifier_bias: whether the image classifier has a bias.
+  """
+  num_classes: int
+  backbone: str = 'resnet50'
+  dtype: Any = jnp.float32
+  bn_axis_name: Any = None
+  num_regions: int = 6
+  hybrid_regions: int = 4
+  nms_iou: float = 0.25
+  part_size: int = 224
+  pad: int = 224
+  reference_size: int = 448
+  image_level_only: bool = False
+  cam_mode: str = 'max'
+  smooth_sigma: float = 1.0
+  smooth_kernel_size: int | None = None
+  region_size: int | None = None
+  classifier_bias: bool = True
+
+  def _candidates(self, attention, image_hw):
+    """Candidate boxes [A, 4] (input pixels), their scores [B, A] and the padding."""
+    if self.region_size is None:
+      boxes, pad_px = anchors_lib.region_anchors(image_hw, self.pad,
+                                                 reference_size=self.reference_size)
+      scores = cam_attention.box_mean_scores(attention, jnp.asarray(boxes), image_hw)
+      return boxes, scores, pad_px
+    level = anchors_lib.AnchorLevel(stride=FEATURE_STRIDE, size=self.region_size,
+                                    scales=(1.0,), aspect_ratios=(1.0,))
+    boxes, pad_px = anchors_lib.region_anchors(image_hw, self.pad, levels=(level,),
+                                               reference_size=self.reference_size)
+    if boxes.shape[0] != attention.shape[1] * attention.shape[2]:
+      raise ValueError(f'Attention map {attention.shape[1:]} does not match the stride-32 '
+                       f'grid of a {image_hw} input.')
+    return boxes, attention.reshape(attention.shape[0], -1), pad_px
+
+  @nn.compact
+  def __call__(self, images, labels=None, train: bool = False):
+    """Forward pass.
+
+    Args:
+      images: [B, H, W, 3] normalised float32.
+      labels: int [B]; needed in training when cam_mode='single'.
+      train: BatchNorm batch statistics when True.
+
+    Returns:
+      'logits' [B, C] (hybrid classifier; the image classifier when image_level_only),
+      'image_logits' [B, C]; unless image_level_only also 'region_logits' [B, m, C],
+      'boxes' [B, m, 4] (y0, x0, y1, x1 in input pixels), 'box_valid' [B, m] and
+      'attention' [B, h, w] (smoothed M).
+    """
+    if self.cam_mode not in ('max', 'single'):
+      raise ValueError(f"Unknown cam_mode {self.cam_mode!r}; valid: 'max', 'single'.")
+    if not 0 < self.hybrid_regions <= self.num_regions:
+      raise ValueError(f'Need 0 < hybrid_regions <= num_regions, got {self.hybrid_regions}, '
+                       f'{self.num_regions}.')
+    batch, height, width = images.shape[:3]
+    backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
+                                   bn_axis_name=self.bn_axis_name, name='backbone')
+    features = backbone(images, train)
+    image_fc = nn.Dense(self.num_classes, use_bias=self.classifier_bias, dtype=jnp.float32,
+                        name='image_fc')
+    image_logits = image_fc(features['pooled'])
+    if self.image_level_only:
+      return {'logits': image_logits, 'image_logits': image_logits}
+
+    class_index = None
+    if self.cam_mode == 'single':
+      if train and labels is None:
+        raise ValueError("cam_mode='single' needs labels in training.")
+      class_index = labels if train else jnp.argmax(image_logits, axis=-1)
+    kernel = image_fc.variables['params']['kernel']
+    attention = cam_attention.attention_map(lax.stop_gradient(features['stage4']),
+                                            lax.stop_gradient(kernel), self.cam_mode,
+                                            class_index)
+    attention = cam_attention.gaussian_smooth(attention, self.smooth_sigma,
+                                              self.smooth_kernel_size)
+
+    boxes, scores, pad_px = self._candidates(attention, (height, width))
+    indices, valid = nms.batched_greedy_nms(jnp.asarray(boxes), scores, self.num_regions,
+                                            self.nms_iou)
+    boxes = jnp.asarray(boxes)[indices]                                   # [B, m, 4]
+    part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
+    parts = crop.zoom_into_regions(images, boxes, pad_px, part_px)
+    region_features = backbone(parts, train)['pooled'].reshape(batch, self.num_regions, -1)
+
+    hybrid = jnp.concatenate(
+        [features['pooled'], region_features[:, :self.hybrid_regions].reshape(batch, -1)],
+        axis=1)
+    dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
+    return {
+        'logits': dense('hybrid_fc')(hybrid),
+        'image_logits': image_logits,
+        'region_logits': dense('region_fc')(region_features),
+        'boxes': boxes,
+        'box_valid': valid,
+        'attention': attention,
+    }
+
+  @staticmethod
+  def per_example_losses(outputs, labels):
+    """Per-example loss terms [B]: 'loss' = image + region + hybrid (image only in the
+    image_level_only ablation)."""
+    losses = {'loss_image': ranking.cross_entropy(outputs['image_logits'], labels)}
+    if 'region_logits' in outputs:
+      region_ce = ranking.part_cross_entropy(outputs['region_logits'], labels)
+      losses['loss_region'] = jnp.mean(region_ce, axis=1)
+      losses['loss_hybrid'] = ranking.cross_entropy(outputs['logits'], labels)
+    losses['loss'] = sum(losses.values())
+    return losses

@@ -1,0 +1,51 @@
+"""NTS-Net's navigator: informativeness scores for every anchor.
+
+On the stride-32 feature map (2048 channels for ResNet-50):
+
+    d1 = relu(conv3x3(128, stride 1)(x))     -> head conv1x1, 6 outputs  (level stride 32)
+    d2 = relu(conv3x3(128, stride 2)(d1))    -> head conv1x1, 6 outputs  (level stride 64)
+    d3 = relu(conv3x3(128, stride 2)(d2))    -> head conv1x1, 9 outputs  (level stride 128)
+
+The 3x3 convolutions pad one pixel on every side, as the reference's `padding=1` (flax's
+'SAME' would pad (0, 1) for a stride of 2 and shift the grid by one input cell); a side of n
+becomes ceil(n / 2), which is `anchors.grid_sizes`. The head widths follow the anchor levels,
+and the score maps are flattened in the anchors' order (`flatten_level_scores`).
+
+The navigator reads a gradient-stopped feature map: it learns only from the ranking loss,
+and the ranking loss does not reach the backbone.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from fgjax.ops import anchors as anchors_lib
+
+
+class Navigator(nn.Module):
+  """Anchor scores from a stride-32 feature map.
+
+  Attributes:
+    levels: anchor levels; one stride-2 step per level after the first.
+    width: channels of the 3x3 convolutions (128 in NTS-Net).
+    dtype: computation dtype of the convolutions; scores come back float32.
+  """
+  levels: Sequence[anchors_lib.AnchorLevel] = anchors_lib.NTS_LEVELS
+  width: int = 128
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray) -> jnp.ndarray:
+    """Scores [B, A] for features [B, h, w, C] (gradient stopped here)."""
+    x = lax.stop_gradient(features).astype(self.dtype)
+    maps = []
+    for level, spec in enumerate(self.levels):
+      x = nn.Conv(self.width, (3, 3), strides=1 if level == 0 else 2,
+                  padding=((1, 1), (1, 1)), dtype=self.dtype, name=f'down{level + 1}')(x)
+      x = nn.relu(x)
+      score = nn.Conv(spec.boxes_per_cell, (1, 1), dtype=self.dtype,
+                      name=f'tidy{level + 1}')(x)
+      maps.append(score.astype(jnp.float32))
+    return anchors_lib.flatten_level_scores(maps)

@@ -1,0 +1,156 @@
+"""NTS-Net (Yang et al., "Learning to Navigate for Fine-grained Classification", ECCV 2018).
+
+`model.name='nts'`. One step, per image:
+
+  1. backbone(image) -> stride-32 map Z and pooled feature f (global).
+  2. navigator(stop_gradient(Z)) -> a score for each of the A anchors (1614 at 448).
+  3. greedy NMS (IoU >= 0.25 suppresses) -> the top `proposal_num` (6) anchors.
+  4. each box is cut from the zero-padded image and zoomed to `part_size` (224),
+     gradient-stopped, and passed through the SAME backbone -> part features p_1..p_6.
+  5. logits: global fc(f); concatenated fc([p_1..p_cat_num, f]) (cat_num = 4), the
+     prediction; part fc(p_r), one layer shared by all parts.
+
+Loss (equal weights, per example; NTS-Net's batch means are the means of these):
+global CE + ranking(navigator scores of the parts, part CEs) + concatenated CE + mean over
+parts of the part CE. The navigator's input and the crops are gradient-stopped, so the
+navigator learns only from the ranking loss and the ranking loss reaches nothing else.
+
+Sizes (our reading): pixel quantities (`pad`, `part_size`, the anchor sizes) are given at
+`reference_size` = 448 and scaled by min(H, W) / 448; anchor strides stay 32/64/128 to match
+the navigator's maps (see fgjax.ops.anchors). At 448 every number is NTS-Net's; at 64 with
+resnet_tiny there are 39 anchors, 32 px of padding and 32 x 32 parts. As in the reference,
+the anchors are floored to integers after padding, and NMS and crops use those boxes.
+
+Dropout (fixing the reference's defect): the reference applies dropout(0.5) to the pooled
+features of images and parts in a layer that stays in training mode at test time. Here it
+is an `nn.Dropout(dropout_rate)` active only when `train=True` (needs a 'dropout' rng
+then); evaluation is deterministic. `dropout_rate=0` removes it.
+
+BatchNorm: the backbone runs twice per step, on B images and then on B * proposal_num parts.
+In training each call normalises with its own batch statistics (the two batches have
+different sizes and contents, as in the reference) and each updates the running averages in
+turn, so one step applies two momentum updates: first toward the images' statistics, then
+toward the parts'. This is what PyTorch does when a module is called twice, so converted
+NTS-Net statistics stay meaningful; at evaluation both calls use the same running averages,
+which therefore describe a mixture of whole images and zoomed parts. With `bn_axis_name`
+set, each call's statistics are averaged over devices separately.
+
+Concatenation order: [parts, global], the layout of the reference's `concat_net` weights.
+
+Our reading where NMS keeps fewer than `proposal_num` boxes (never at 448): the suppressed
+boxes with the best scores fill the slots (fgjax.ops.nms); they are used like the others and
+flagged in 'box_valid'.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fgjax.models import navigator as navigator_lib
+from fgjax.models import resnet
+from fgjax.ops import anchors as anchors_lib
+from fgjax.ops import crop
+from fgjax.ops import nms
+from fgjax.ops import ranking
+
+
+class NTSNet(nn.Module):
+  """NTS-Net with a shared ResNet backbone.
+
+  Attributes:
+    num_classes: C.
+    backbone: a name for `fgjax.models.resnet.get_backbone`.
+    dtype: computation dtype of the backbone and navigator; logits are float32.
+    bn_axis_name: BatchNorm's cross-device axis, or None.
+    proposal_num: parts per image after NMS (6).
+    cat_num: parts in the concatenated feature (4), the top-scoring ones.
+    nms_iou: NMS suppression threshold (0.25).
+    part_size: side of a zoomed part at `reference_size` (224).
+    pad: zero padding at `reference_size` (224).
+    reference_size: input size at which the pixel quantities are given (448).
+    dropout_rate: dropout on pooled features in training only (0.5, the reference's).
+    navigator_width: channels of the navigator's convolutions (128).
+  """
+  num_classes: int
+  backbone: str = 'resnet50'
+  dtype: Any = jnp.float32
+  bn_axis_name: Any = None
+  proposal_num: int = 6
+  cat_num: int = 4
+  nms_iou: float = 0.25
+  part_size: int = 224
+  pad: int = 224
+  reference_size: int = 448
+  dropout_rate: float = 0.5
+  navigator_width: int = 128
+
+  @nn.compact
+  def __call__(self, images, labels=None, train: bool = False):
+    """Forward pass.
+
+    Args:
+      images: [B, H, W, 3] normalised float32.
+      labels: unused (the navigator ranks by the parts' own cross-entropies, in the loss).
+      train: BatchNorm batch statistics and dropout when True.
+
+    Returns:
+      'logits' [B, C] (concatenated classifier, the prediction), 'global_logits' [B, C],
+      'part_logits' [B, m, C], 'part_scores' [B, m] (navigator scores of the parts),
+      'boxes' [B, m, 4] (y0, x0, y1, x1 in input pixels), 'box_valid' [B, m] (False where
+      NMS ran out of boxes), 'anchor_scores' [B, A].
+    """
+    del labels
+    if not 0 < self.cat_num <= self.proposal_num:
+      raise ValueError(f'Need 0 < cat_num <= proposal_num, got {self.cat_num}, '
+                       f'{self.proposal_num}.')
+    batch, height, width = images.shape[:3]
+    anchors, pad_px = anchors_lib.region_anchors((height, width), self.pad,
+                                                 reference_size=self.reference_size)
+    part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
+
+    backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
+                                   bn_axis_name=self.bn_axis_name, name='backbone')
+    features = backbone(images, train)
+    anchor_scores = navigator_lib.Navigator(width=self.navigator_width, dtype=self.dtype,
+                                            name='navigator')(features['stage4'])
+    if anchor_scores.shape[1] != anchors.shape[0]:
+      raise ValueError(f'{anchor_scores.shape[1]} navigator scores for {anchors.shape[0]} '
+                       f'anchors at input {height}x{width}: the backbone stride is not 32.')
+
+    anchors = jnp.asarray(anchors)
+    indices, valid = nms.batched_greedy_nms(anchors, anchor_scores, self.proposal_num,
+                                            self.nms_iou)
+    part_scores = jnp.take_along_axis(anchor_scores, indices, axis=1)
+    boxes = anchors[indices]                                            # [B, m, 4]
+    parts = crop.zoom_into_regions(images, boxes, pad_px, part_px)      # [B*m, S, S, 3]
+    part_features = backbone(parts, train)['pooled']
+
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    global_feature = dropout(features['pooled'])
+    part_features = dropout(part_features).reshape(batch, self.proposal_num, -1)
+    dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
+    concat = jnp.concatenate(
+        [part_features[:, :self.cat_num].reshape(batch, -1), global_feature], axis=1)
+    return {
+        'logits': dense('concat_fc')(concat),
+        'global_logits': dense('fc')(global_feature),
+        'part_logits': dense('part_fc')(part_features),
+        'part_scores': part_scores,
+        'boxes': boxes,
+        'box_valid': valid,
+        'anchor_scores': anchor_scores,
+    }
+
+  @staticmethod
+  def per_example_losses(outputs, labels):
+    """Per-example loss terms [B]: 'loss' = global + rank + concat + part."""
+    part_ce = ranking.part_cross_entropy(outputs['part_logits'], labels)   # [B, m]
+    losses = {
+        'loss_global': ranking.cross_entropy(outputs['global_logits'], labels),
+        'loss_rank': ranking.ranking_loss(outputs['part_scores'], part_ce),
+        'loss_concat': ranking.cross_entropy(outputs['logits'], labels),
+        'loss_part': jnp.mean(part_ce, axis=1),
+    }
+    losses['loss'] = sum(losses.values())
+    return losses

@@ -1,0 +1,147 @@
+"""NTS-Net and FDL on resnet_tiny at 64 x 64: shapes, gradient flow, ablations."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fgjax.models import fdl
+from fgjax.models import nts
+from fgjax.models import resnet
+
+NUM_CLASSES = 5
+IMAGES = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
+LABELS = jnp.array([1, 3])
+
+
+def init(model):
+  return jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(1), IMAGES)
+
+
+def setup(model):
+  """(model, variables, jitted eval apply): one compilation per model."""
+  return model, init(model), jax.jit(functools.partial(model.apply, train=False))
+
+
+@pytest.fixture(scope='module')
+def nts_setup():
+  return setup(nts.NTSNet(num_classes=NUM_CLASSES, backbone='resnet_tiny'))
+
+
+def test_nts_shapes_and_deterministic_eval(nts_setup):
+  _, variables, eval_fn = nts_setup
+  assert set(variables['params']) == {'backbone', 'navigator', 'fc', 'concat_fc', 'part_fc'}
+  out = eval_fn(variables, IMAGES)
+  assert out['logits'].shape == out['global_logits'].shape == (2, NUM_CLASSES)
+  assert out['part_logits'].shape == (2, 6, NUM_CLASSES)
+  assert out['part_scores'].shape == out['box_valid'].shape == (2, 6)
+  assert out['boxes'].shape == (2, 6, 4)
+  assert out['anchor_scores'].shape == (2, 39)  # 2*2*6 + 1*1*6 + 1*1*9 anchors at 64.
+  boxes = np.asarray(out['boxes'])
+  np.testing.assert_array_equal(boxes, np.floor(boxes))  # NTS-Net's integer boxes.
+  assert boxes.min() >= -32 and boxes.max() <= 64 + 32   # Within the scaled padding.
+  # Parts come in NMS order: the best anchor first, scores non-increasing.
+  scores = np.asarray(out['part_scores'])
+  np.testing.assert_array_equal(scores[:, 0], np.asarray(out['anchor_scores']).max(axis=1))
+  assert np.all(np.diff(scores, axis=1) <= 0)
+  again = eval_fn(variables, IMAGES)
+  for key in out:
+    np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(again[key]))
+  losses = nts.NTSNet.per_example_losses(out, LABELS)
+  assert set(losses) == {'loss', 'loss_global', 'loss_rank', 'loss_concat', 'loss_part'}
+  for value in losses.values():
+    assert value.shape == (2,) and np.all(np.isfinite(np.asarray(value)))
+
+
+def test_nts_navigator_learns_only_from_ranking(nts_setup):
+  model, variables, _ = nts_setup
+
+  @jax.jit
+  def grads(params, ce_weight, rank_weight):
+    def loss_fn(p):
+      out, _ = model.apply({'params': p, 'batch_stats': variables['batch_stats']}, IMAGES,
+                           LABELS, train=True, mutable=['batch_stats'],
+                           rngs={'dropout': jax.random.PRNGKey(2)})
+      losses = nts.NTSNet.per_example_losses(out, LABELS)
+      ce = losses['loss_global'] + losses['loss_concat'] + losses['loss_part']
+      return jnp.mean(ce_weight * ce + rank_weight * losses['loss_rank'])
+    return jax.grad(loss_fn)(params)
+
+  total = lambda tree: sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(tree))
+  from_ce = grads(variables['params'], 1.0, 0.0)
+  from_rank = grads(variables['params'], 0.0, 1.0)
+  assert total(from_ce['navigator']) == 0.0
+  assert total(from_ce['backbone']) > 0 and total(from_ce['concat_fc']) > 0
+  assert total(from_rank['navigator']) > 0
+  # The navigator's input is gradient-stopped: the ranking loss reaches nothing else.
+  for name in ('backbone', 'fc', 'concat_fc', 'part_fc'):
+    assert total(from_rank[name]) == 0.0, name
+
+
+def test_nts_at_448_has_nts_numbers():
+  model = nts.NTSNet(num_classes=NUM_CLASSES, backbone='resnet_tiny')
+  images = jax.ShapeDtypeStruct((1, 448, 448, 3), jnp.float32)
+  out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x), images)
+  assert out['anchor_scores'].shape == (1, 1614)
+  assert out['part_logits'].shape == (1, 6, NUM_CLASSES)
+
+
+@pytest.fixture(scope='module')
+def fdl_setup():
+  return setup(fdl.FDL(num_classes=NUM_CLASSES, backbone='resnet_tiny'))
+
+
+def test_fdl_shapes_and_deterministic_eval(fdl_setup):
+  _, variables, eval_fn = fdl_setup
+  assert set(variables['params']) == {'backbone', 'image_fc', 'region_fc', 'hybrid_fc'}
+  out = eval_fn(variables, IMAGES)
+  assert out['logits'].shape == out['image_logits'].shape == (2, NUM_CLASSES)
+  assert out['region_logits'].shape == (2, 6, NUM_CLASSES)
+  assert out['boxes'].shape == (2, 6, 4) and out['attention'].shape == (2, 2, 2)
+  again = eval_fn(variables, IMAGES)
+  for key in out:
+    np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(again[key]))
+  losses = fdl.FDL.per_example_losses(out, LABELS)
+  assert set(losses) == {'loss', 'loss_image', 'loss_region', 'loss_hybrid'}
+  np.testing.assert_allclose(
+      np.asarray(losses['loss']),
+      np.asarray(losses['loss_image'] + losses['loss_region'] + losses['loss_hybrid']),
+      rtol=1e-6)
+
+
+def test_fdl_image_level_only_is_plain_classifier(fdl_setup):
+  _, full_variables, full_eval_fn = fdl_setup
+  model = fdl.FDL(num_classes=NUM_CLASSES, backbone='resnet_tiny', image_level_only=True)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(1),
+                          IMAGES)
+  assert set(shapes['params']) == {'backbone', 'image_fc'}
+  # The same parameters as the full model's image branch.
+  variables = {'params': {k: full_variables['params'][k] for k in ('backbone', 'image_fc')},
+               'batch_stats': full_variables['batch_stats']}
+  out = jax.jit(functools.partial(model.apply, train=False))(variables, IMAGES)
+  assert set(out) == {'logits', 'image_logits'}
+  features = jax.jit(resnet.get_backbone('resnet_tiny').apply, static_argnums=2)(
+      {'params': variables['params']['backbone'],
+       'batch_stats': variables['batch_stats']['backbone']}, IMAGES, False)
+  head = variables['params']['image_fc']
+  plain = features['pooled'] @ head['kernel'] + head['bias']
+  np.testing.assert_allclose(np.asarray(out['logits']), np.asarray(plain), atol=1e-5)
+  full = full_eval_fn(full_variables, IMAGES)
+  np.testing.assert_allclose(np.asarray(full['image_logits']), np.asarray(plain), atol=1e-5)
+  assert set(fdl.FDL.per_example_losses(out, LABELS)) == {'loss', 'loss_image'}
+
+
+def test_fdl_single_class_cam_and_cell_regions():
+  model = fdl.FDL(num_classes=NUM_CLASSES, backbone='resnet_tiny', cam_mode='single',
+                  region_size=160)
+  init_train = functools.partial(model.init_with_output, train=True)
+  out, _ = jax.jit(init_train)(jax.random.PRNGKey(1), IMAGES, LABELS)
+  assert out['boxes'].shape == (2, 6, 4)
+  # One 160-px (at 448) region per cell of the 2 x 2 map: 4 candidates for 6 slots.
+  np.testing.assert_array_equal(np.asarray(out['box_valid']).sum(axis=1), [4, 4])
+  side = np.asarray(out['boxes'][..., 2] - out['boxes'][..., 0])
+  assert np.all((side >= 22) & (side <= 24))  # 160 / 7 px, floored corners.
+  with pytest.raises(ValueError, match='labels'):
+    jax.eval_shape(init_train, jax.random.PRNGKey(1), IMAGES, None)
