@@ -67,6 +67,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.fdl.region_size = ml_collections.config_dict.placeholder(int)
   c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
 
+  # SSANet (fgjax/models/ssanet.py): our reading of the abstract; see README.md.
+  c.model.ssanet = ml_collections.ConfigDict()
+  c.model.ssanet.use_dsm = True  # Discriminative scale mining (FFT circulant ridge regression).
+  c.model.ssanet.use_op = True  # Oriented pooling with a learned orientation gate.
+  c.model.ssanet.use_mac = True  # Morphological alignment constraint on the proposals.
+  c.model.ssanet.dsm_stages = ('stage2', 'stage3', 'stage4')  # Pyramid levels (the scale axis).
+  c.model.ssanet.dsm_width = 256  # Channels each level is projected to.
+  c.model.ssanet.dsm_lambda = 1e-2  # Ridge regulariser of the circulant regression.
+  c.model.ssanet.dsm_temperature = 0.1  # Softmax temperature over scale shifts.
+  c.model.ssanet.dsm_sigma = 0.5  # Width (in levels) of the Gaussian regression target.
+  c.model.ssanet.op_angles = (0.0, 45.0, 90.0, 135.0)  # Pooling orientations in degrees.
+  c.model.ssanet.op_bins = 3  # Bands each orientation pools into.
+  c.model.ssanet.mac_kernel = 3  # Window of the closing/opening of the object mask.
+  c.model.ssanet.mac_weight = 1.0  # Weight of the alignment penalty.
+  c.model.ssanet.proposal_num = 6  # Regions kept after NMS.
+  c.model.ssanet.cat_num = 4  # Top regions in the concatenated feature.
+  c.model.ssanet.nms_iou = 0.25  # NMS threshold.
+  c.model.ssanet.part_size = 224  # Side of a zoomed region at reference_size.
+  c.model.ssanet.pad = 224  # Zero padding around the image at reference_size.
+  c.model.ssanet.reference_size = 448  # Input size the pixel sizes above refer to.
+  c.model.ssanet.dropout_rate = 0.5  # Dropout on pooled features, training only.
+  c.model.ssanet.navigator_width = 128  # Channels of the proposal scorer's convolutions.
+
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
   c.train.epochs = 100  # Training length; converted to steps once.

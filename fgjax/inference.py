@@ -9,6 +9,7 @@ so a notebook can do:
 
 import dataclasses
 import functools
+import glob
 import json
 import os
 
@@ -124,3 +125,82 @@ def draw_regions(image_uint8: np.ndarray, boxes, caption: str, scale: int = 2) -
   draw.rectangle([0, 0, img.size[0], 12], fill='black')
   draw.text((2, 0), caption, fill='white')
   return img
+
+
+def expand_paths(spec: str) -> list[str]:
+  """Comma-separated paths/globs -> sorted files; a pattern with no match is an error."""
+  paths = []
+  for part in filter(None, (p.strip() for p in spec.split(','))):
+    matches = sorted(glob.glob(os.path.expanduser(part)))
+    if not matches:
+      raise FileNotFoundError(f'No file matches {part!r}.')
+    paths.extend(matches)
+  return paths
+
+
+def predict_files(run: Run, paths, top_k: int = 5) -> list[dict]:
+  """One dict per file: top-k {'class', 'name', 'prob'} and the regions, if any."""
+  probs, boxes = run.predict(load_images(paths, run.spec))
+  rows = []
+  for i, path in enumerate(paths):
+    order = np.argsort(-probs[i])[:top_k]
+    row = {'file': path, 'top_k': [{'class': int(c), 'name': run.class_names[c],
+                                    'prob': float(probs[i, c])} for c in order]}
+    if boxes is not None:
+      row['regions'] = np.asarray(boxes[i]).round(1).tolist()
+    rows.append(row)
+  return rows
+
+
+def _save_drawings(run: Run, images, names, out_dir: str, labels=None) -> list[str]:
+  os.makedirs(out_dir, exist_ok=True)
+  probs, boxes = run.predict(images)
+  written = []
+  for i, name in enumerate(names):
+    top = int(np.argmax(probs[i]))
+    caption = f'{run.class_names[top]} {probs[i, top]:.2f}'
+    if labels is not None:
+      caption += f' (true: {run.class_names[labels[i]]})'
+    path = os.path.join(out_dir, f'{i:04d}_{os.path.splitext(os.path.basename(name))[0]}.png')
+    draw_regions(images[i], None if boxes is None else boxes[i], caption).save(path)
+    written.append(path)
+  return written
+
+
+def visualize_files(run: Run, paths, out_dir: str) -> list[str]:
+  """Draws prediction and regions of each image file into out_dir; returns the PNGs."""
+  return _save_drawings(run, load_images(paths, run.spec), paths, out_dir)
+
+
+def visualize_eval_split(run: Run, num_examples: int, out_dir: str) -> list[str]:
+  """The same for the first `num_examples` images of the run's eval split."""
+  source = pipeline.TfdsSource(run.config.data.name, os.path.expanduser(run.config.data.data_dir),
+                               run.config.data.eval_split, run.config.data.builder_config)
+  transform = pipeline.eval_transform(run.spec)
+  examples = [transform(source[i]) for i in range(min(num_examples, len(source)))]
+  images = np.stack([e['image'] for e in examples])
+  labels = [int(e['label']) for e in examples]
+  return _save_drawings(run, images, [f'eval{i}' for i in range(len(examples))], out_dir, labels)
+
+
+def evaluate_run(workdir: str, which: str = 'best', split: str | None = None,
+                 batch_size: int | None = None) -> dict:
+  """Exact evaluation of a run's checkpoint on `split` (default: its eval split)."""
+  run = load_run(workdir, which)
+  config = run.config
+  config.unlock()
+  if split:
+    config.data.eval_split = split
+  if batch_size:
+    config.eval.batch_size = batch_size
+  config.lock()
+  parallel = ts.Parallel('pmap')
+  if config.eval.batch_size % len(parallel.devices):
+    raise ValueError(f'Eval batch size {config.eval.batch_size} is not divisible by the '
+                     f'device count {len(parallel.devices)}.')
+  source = pipeline.TfdsSource(config.data.name, os.path.expanduser(config.data.data_dir),
+                               config.data.eval_split, config.data.builder_config)
+  p_eval = parallel.map(functools.partial(ts.eval_step, model=run.model))
+  result = train.evaluate(parallel, p_eval, parallel.replicate(run.state), source, run.spec,
+                          config)
+  return {**result, 'checkpoint': run.checkpoint_path, 'split': config.data.eval_split}

@@ -18,6 +18,7 @@ MODELS = {
     'resnet': ('fgjax.models.classifier', 'Classifier'),
     'nts': ('fgjax.models.nts', 'NTSNet'),
     'fdl': ('fgjax.models.fdl', 'FDL'),
+    'ssanet': ('fgjax.models.ssanet', 'SSANet'),
 }
 
 

@@ -1,0 +1,30 @@
+r"""Evaluates a trained run on its eval split (exact: every image counts once).
+
+  python launch/evaluate.py --workdir=runs/cub_fdl [--checkpoint=best|latest] \
+      [--split=test] [--batch_size=64]
+
+Reads the run's config.json; prints accuracy and loss, and the checkpoint used.
+"""
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_string('workdir', None, 'The run to evaluate.')
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
+flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval split).')
+flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: the config\'s).')
+flags.mark_flag_as_required('workdir')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from fgjax import inference  # pylint: disable=g-import-not-at-top
+  result = inference.evaluate_run(FLAGS.workdir, which=FLAGS.checkpoint, split=FLAGS.split,
+                                  batch_size=FLAGS.batch_size)
+  print(f'{result["checkpoint"]}: accuracy {result["accuracy"]:.4f}, loss {result["loss"]:.4f} '
+        f'on {result["count"]} images of split {result["split"]!r}')
+
+
+if __name__ == '__main__':
+  app.run(main)
