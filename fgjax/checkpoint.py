@@ -25,16 +25,21 @@ class Checkpointer:
     self._dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self._dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    # Its own barrier prefix: on multi-host runs both managers may save the same step,
+    # and barriers with equal names would pair one manager's save with the other's.
     self._best = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), 'best'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m['accuracy'], best_mode='max'))
+            max_to_keep=1, create=True, best_fn=lambda m: m['accuracy'], best_mode='max',
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix='best')))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state, data_iter) -> None:
     """Saves host-side `state` (a pytree of arrays) and `data_iter`'s position."""
+    self._best.wait_until_finished()  # One asynchronous save at a time.
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter)))
@@ -49,6 +54,7 @@ class Checkpointer:
 
   def save_best(self, step: int, state, accuracy: float) -> None:
     """Keeps `state` under best/ if `accuracy` beats every earlier one."""
+    self._manager.wait_until_finished()  # One asynchronous save at a time.
     self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                     metrics={'accuracy': float(accuracy)})
 

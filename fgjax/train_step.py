@@ -159,8 +159,8 @@ class Parallel:
 
   def to_host(self, tree):
     """One replica of a replicated tree, as NumPy arrays."""
-    if self.mode == 'pmap':
-      return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+    if self.mode == 'pmap':  # Leading device axis; this process's first slice.
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
   def shard_batch(self, batch):

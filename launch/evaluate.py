@@ -8,6 +8,7 @@ Reads the run's config.json; prints accuracy and loss, and the checkpoint used.
 
 from absl import app
 from absl import flags
+from absl import logging
 
 flags.DEFINE_string('workdir', None, 'The run to evaluate.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
@@ -19,6 +20,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines only; --verbosity=0 for all logs.
   from fgjax import inference  # pylint: disable=g-import-not-at-top
   result = inference.evaluate_run(FLAGS.workdir, which=FLAGS.checkpoint, split=FLAGS.split,
                                   batch_size=FLAGS.batch_size)

@@ -12,6 +12,7 @@ import json
 
 from absl import app
 from absl import flags
+from absl import logging
 
 flags.DEFINE_string('workdir', None, 'The trained run.')
 flags.DEFINE_string('images', None, 'Comma-separated image paths or glob patterns.')
@@ -24,6 +25,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines only; --verbosity=0 for all logs.
   from fgjax import inference  # pylint: disable=g-import-not-at-top
   paths = inference.expand_paths(FLAGS.images)
   run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)

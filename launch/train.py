@@ -9,12 +9,16 @@ All logic lives in fgjax.train (importable from a notebook).
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Output folder (checkpoints, metrics.jsonl, config.json).')
 flags.DEFINE_bool('multihost', False,
-                  'Call jax.distributed.initialize() first (Cloud TPU VM pods and other '
-                  'multi-process jobs; the cluster is detected from the environment).')
+                  'Call jax.distributed.initialize() first (Cloud TPU VM pods, SLURM, ...: '
+                  'the cluster is detected from the environment unless the flags below say).')
+flags.DEFINE_string('coordinator_address', None, 'With --multihost: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'With --multihost: number of processes.')
+flags.DEFINE_integer('process_id', None, 'With --multihost: this process\'s index.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file in configs/.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -34,9 +38,13 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines only; --verbosity=0 for all logs.
   import jax  # pylint: disable=g-import-not-at-top
   if flags.FLAGS.multihost:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=flags.FLAGS.coordinator_address,
+                               num_processes=flags.FLAGS.num_processes,
+                               process_id=flags.FLAGS.process_id)
   from fgjax import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 

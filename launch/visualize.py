@@ -9,6 +9,7 @@ Without --images, the first --num_examples images of the eval split are used.
 
 from absl import app
 from absl import flags
+from absl import logging
 
 flags.DEFINE_string('workdir', None, 'The trained run.')
 flags.DEFINE_string('images', None, 'Comma-separated image paths or globs (default: eval split).')
@@ -21,6 +22,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines only; --verbosity=0 for all logs.
   from fgjax import inference  # pylint: disable=g-import-not-at-top
   run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
   if FLAGS.images:

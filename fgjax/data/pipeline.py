@@ -81,26 +81,48 @@ class TfdsSource:
             f'split={self.split!r}, builder_config={self.builder_config!r})')
 
 
+def _open_rgb(data: bytes, crop_bottom: int, resize_size: int) -> PIL.Image.Image:
+  """Decoded RGB image with the banner rows removed."""
+  img = PIL.Image.open(io.BytesIO(data))
+  full_height = img.size[1]
+  # JPEG: decode at a reduced scale when that is still at least the target
+  # (only images over twice the resize size, e.g. some FGVC-Aircraft photos).
+  img.draft('RGB', (resize_size, resize_size + crop_bottom))
+  if img.mode != 'RGB':
+    img = img.convert('RGB')
+  if crop_bottom:
+    rows = int(round(crop_bottom * img.size[1] / full_height))
+    img = img.crop((0, 0, img.size[0], img.size[1] - rows))
+  return img
+
+
 def decode_and_resize(data: bytes, crop_bottom: int, resize_size: int) -> np.ndarray:
   """Encoded image -> RGB uint8 [resize_size, resize_size, 3] (bilinear)."""
-  with PIL.Image.open(io.BytesIO(data)) as img:
-    full_height = img.size[1]
-    # JPEG: decode at a reduced scale when that is still at least the target.
-    img.draft('RGB', (resize_size, resize_size + crop_bottom))
-    img = img.convert('RGB')
-    if crop_bottom:
-      rows = int(round(crop_bottom * img.size[1] / full_height))
-      img = img.crop((0, 0, img.size[0], img.size[1] - rows))
-    img = img.resize((resize_size, resize_size), PIL.Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+  img = _open_rgb(data, crop_bottom, resize_size)
+  return np.asarray(img.resize((resize_size, resize_size), PIL.Image.BILINEAR), dtype=np.uint8)
+
+
+def decode_resize_crop(data: bytes, crop_bottom: int, resize_size: int, top: int, left: int,
+                       size: int) -> np.ndarray:
+  """`decode_and_resize(...)[top:top + size, left:left + size]`, resampling only the crop.
+
+  PIL's `resize(box=...)` samples the source at the same points as a full
+  resize followed by the crop, so the result equals it up to fixed-point
+  rounding (+-1 on a few per cent of values; tested), for (size / resize_size)^2
+  of the work: at 600 -> 448 the resize was most of the per-image cost.
+  """
+  img = _open_rgb(data, crop_bottom, resize_size)
+  sx, sy = img.size[0] / resize_size, img.size[1] / resize_size
+  box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+  return np.asarray(img.resize((size, size), PIL.Image.BILINEAR, box=box), dtype=np.uint8)
 
 
 def train_transform(spec: ImageSpec):
   """Per-example random transform for `MapDataset.random_map`."""
   def transform(example, rng: np.random.Generator):
-    img = decode_and_resize(example['image'], example['crop_bottom'], spec.resize_size)
     top, left = rng.integers(0, spec.resize_size - spec.image_size + 1, size=2)
-    img = img[top:top + spec.image_size, left:left + spec.image_size]
+    img = decode_resize_crop(example['image'], example['crop_bottom'], spec.resize_size,
+                             top, left, spec.image_size)
     if rng.random() < 0.5:
       img = img[:, ::-1]
     return {'image': np.ascontiguousarray(img), 'label': example['label'],
@@ -111,11 +133,10 @@ def train_transform(spec: ImageSpec):
 def eval_transform(spec: ImageSpec):
   """Per-example deterministic transform: resize and centre crop."""
   def transform(example):
-    img = decode_and_resize(example['image'], example['crop_bottom'], spec.resize_size)
     off = (spec.resize_size - spec.image_size) // 2
-    img = img[off:off + spec.image_size, off:off + spec.image_size]
-    return {'image': np.ascontiguousarray(img), 'label': example['label'],
-            'mask': np.float32(1.0)}
+    img = decode_resize_crop(example['image'], example['crop_bottom'], spec.resize_size,
+                             off, off, spec.image_size)
+    return {'image': img, 'label': example['label'], 'mask': np.float32(1.0)}
   return transform
 
 

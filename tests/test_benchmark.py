@@ -1,0 +1,73 @@
+"""benchmark_lib on tiny inputs: record fields and counts, never timings."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fgjax import benchmark_lib
+
+
+@pytest.fixture(scope='module')
+def tiny_source():
+  return benchmark_lib.SyntheticJpegSource(num_images=4, size=(40, 30), num_classes=3)
+
+
+def test_synthetic_source_is_deterministic_photo_like_jpeg(tiny_source):
+  again = benchmark_lib.SyntheticJpegSource(num_images=4, size=(40, 30), num_classes=3)
+  assert tiny_source.images == again.images
+  example = tiny_source[3]
+  assert example['image'][:2] == b'\xff\xd8' and example['crop_bottom'] == 0
+  assert example['label'] == 0  # 3 % 3.
+  photo = benchmark_lib.synthetic_photo(np.random.default_rng(0), 64, 48)
+  assert photo.shape == (48, 64, 3) and photo.dtype == np.uint8
+  assert photo.std() > 20  # Textured content, not a solid colour.
+
+
+def test_data_mode_counts(tiny_source):
+  records = benchmark_lib.benchmark_data(tiny_source, workers=[0], batch_size=2, num_batches=2,
+                                         warmup_batches=1, image_size=32, resize_size=36)
+  (r,) = records
+  assert r['mode'] == 'data' and r['workers'] == 0
+  assert r['images'] == 2 * 2  # batches x batch size.
+  assert r['image_shape'] == (32, 32, 3)
+  assert r['images_per_s'] > 0 and r['seconds'] > 0
+  assert r['images_per_s_per_process'] == r['images_per_s']  # 0 workers: one process.
+  assert r['cpu_s'] >= 0
+
+
+def test_decode_mode_pipeline_matches_full_resize(tiny_source):
+  records = benchmark_lib.benchmark_decode(tiny_source, image_size=32, resize_size=36,
+                                           min_seconds=0.0, max_images=2)
+  assert [r['stage'] for r in records][-1] == 'train_transform (pipeline)'
+  assert all(r['images'] == 1 for r in records)
+  assert records[-1]['max_abs_diff'] <= 1  # Fixed-point rounding only.
+  assert records[0]['encoded_size'] == records[0]['draft_decoded_size'] == (40, 30)
+
+
+def test_train_mode_records_and_resnet_ratios():
+  records = benchmark_lib.benchmark_train(
+      ['resnet', 'no_such_model'], backbone='resnet_tiny', image_size=32, batch_size=1,
+      dtype='float32', steps=1, warmup=0)
+  resnet, skipped = records
+  assert 'not in fgjax.models.MODELS' in skipped['skipped']
+  assert resnet['devices'] == jax.local_device_count()
+  assert resnet['flops_per_device_step'] > 0
+  assert resnet['time_ratio'] == resnet['flop_ratio'] == 1.0
+  assert resnet['overhead_vs_flop_prediction'] == 0.0
+  assert resnet['images_per_s'] == pytest.approx(
+      resnet['devices'] * resnet['batch_per_device'] / resnet['step_s_median'])
+  assert resnet['compile_s'] > 0 and resnet['loss_finite']
+  assert resnet['xla_memory_bytes'] > 0
+  table = benchmark_lib.format_table(records)
+  assert 'skipped no_such_model' in table and 'resnet' in table
+  json.dumps(records)  # JSON-lines ready.
+
+
+def test_run_mode_rejects_unknown_modes_and_options():
+  with pytest.raises(benchmark_lib.OptionsError, match='valid modes'):
+    benchmark_lib.run_mode('nope')
+  with pytest.raises(benchmark_lib.OptionsError, match='does not take'):
+    benchmark_lib.run_mode('data', {'models': 'resnet'})
+  assert set(benchmark_lib.MODES) >= {'data', 'train', 'all'}
