@@ -5,19 +5,19 @@
 The demo data set (10 classes told apart only by a 9-px glyph, see
 fgjax/data/demo.py) is generated on first use; no download. Expected: test
 accuracy far above the 10 % of chance (see README.md for measured figures).
-Any method runs on it: add --config.model.name=nts (or fdl, ssanet).
+Any method runs on it: --config=configs/demo.py:nts (or fdl, ssanet).
 """
 
 from fgjax import config_lib
 
 
-def get_config():
+def get_config(method: str = 'resnet'):
   c = config_lib.base_config()
   c.data.name = 'demo'
   c.data.data_dir = '~/tensorflow_datasets'
   c.data.image_size = 64
   c.data.resize_size = 72
-  c.model.name = 'resnet'
+  c.model.name = method
   c.model.backbone = 'resnet_tiny'
   c.train.batch_size = 32
   c.train.epochs = 20

@@ -377,6 +377,53 @@ class Mode:
   columns: tuple[tuple, ...]
 
 
+def benchmark_fft(scales: Sequence[int], *, channels: int, batch_size: int,
+                  repeats: int) -> list[dict]:
+  """Circulant ridge regression: the Fourier solver against the explicit dense solve.
+
+  Both are jitted (fgjax.ops.scale_mining.ridge_filter_fft / ridge_filter_dense)
+  on `batch_size` problems of S scales x `channels`; each record has the median of
+  `repeats` timed calls per S. The last record summarises: the first S where the
+  FFT is faster (crossover) and the log-log growth exponent of each solver's time
+  over the largest half of the S range.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from fgjax.ops import scale_mining  # pylint: disable=g-import-not-at-top
+  solvers = {'fft': jax.jit(scale_mining.ridge_filter_fft, static_argnums=2),
+             'dense': jax.jit(scale_mining.ridge_filter_dense, static_argnums=2)}
+  rng = np.random.default_rng(0)
+  records = []
+  for s in scales:
+    x = jnp.asarray(rng.normal(size=(batch_size, s, channels)), jnp.float32)
+    y = jnp.asarray(scale_mining.gaussian_shift_target(s, 0.5), jnp.float32)
+    record = {'mode': 'fft', 'scales': s, 'channels': channels, 'batch_size': batch_size}
+    for name, fn in solvers.items():
+      fn(x, y, 1e-2).block_until_ready()  # Compile.
+      times = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x, y, 1e-2).block_until_ready()
+        times.append(time.perf_counter() - t0)
+      record[f'{name}_ms'] = 1e3 * statistics.median(times)
+    record['speedup'] = record['dense_ms'] / record['fft_ms']
+    records.append(record)
+  faster = [r['scales'] for r in records if r['speedup'] > 1]
+  summary = {'mode': 'fft', 'scales': 'summary', 'crossover_scales': faster[0] if faster else None}
+  big = records[len(records) // 2:]
+  if len(big) >= 2:
+    log_s = np.log([r['scales'] for r in big])
+    for name in solvers:
+      summary[f'{name}_growth_exponent'] = float(np.polyfit(log_s, np.log([r[f'{name}_ms']
+                                                                           for r in big]), 1)[0])
+  return records + [summary]
+
+
+def fft_mode(*, scales, channels, batch_size, repeats) -> list[dict]:
+  return benchmark_fft(_int_list(scales), channels=channels, batch_size=batch_size,
+                       repeats=repeats)
+
+
 _SOURCE = {'dataset': None, 'data_dir': '~/tensorflow_datasets', 'split': 'train',
            'builder_config': None}
 _DATA_COLUMNS = (('workers', 'workers', 'd'), ('images', 'images', 'd'),
@@ -389,6 +436,10 @@ _DECODE_COLUMNS = (('stage', 'stage', 's'), ('images', 'images', 'd'),
                    ('img/cpu-s', 'images_per_cpu_s', '.1f'), ('max |diff|', 'max_abs_diff', 'd'),
                    ('differing', 'fraction_differing', '.1%'), ('JPEG', 'encoded_size', 's'),
                    ('decoded at', 'draft_decoded_size', 's'))
+_FFT_COLUMNS = (('S', 'scales', 's'), ('FFT ms', 'fft_ms', '.3f'), ('dense ms', 'dense_ms', '.3f'),
+                ('dense/FFT', 'speedup', '.2f'), ('crossover S', 'crossover_scales', 'd'),
+                ('FFT growth', 'fft_growth_exponent', '.2f'),
+                ('dense growth', 'dense_growth_exponent', '.2f'))
 _TRAIN_COLUMNS = (('model', 'model', 's'), ('devices', 'devices', 'd'),
                   ('batch/dev', 'batch_per_device', 'd'), ('compile s', 'compile_s', '.1f'),
                   ('step s', 'step_s_median', '.3f'), ('img/s', 'images_per_s', '.2f'),
@@ -407,6 +458,8 @@ MODES = {
     'train': Mode(train_mode, {'models': 'resnet,nts,fdl,ssanet', 'backbone': 'resnet50',
                                'image_size': 448, 'batch_size': 2, 'dtype': 'float32',
                                'steps': 10, 'warmup': 2}, _TRAIN_COLUMNS),
+    'fft': Mode(fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
+                           'repeats': 20}, _FFT_COLUMNS),
     # Small: a quick look at both on a new machine.
     'all': Mode(all_mode, {**_SOURCE, 'workers': '0,1', 'batch_size': 4, 'num_batches': 24,
                            'warmup_batches': 2, 'image_size': 448, 'resize_size': 600,
@@ -456,6 +509,8 @@ def _cell(record: dict, key: str, spec: str, scale: float | None = None) -> str:
     return 'n/a'
   if isinstance(value, (tuple, list)):
     return 'x'.join(str(v) for v in value)
+  if spec == 's':
+    return str(value)
   if key.endswith('_bytes'):
     scale = 2.0**-20
   return format(value if scale is None else value * scale, spec)

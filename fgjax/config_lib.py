@@ -112,15 +112,28 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def papers_recipe(dataset: str) -> ml_collections.ConfigDict:
+METHODS = ('resnet', 'nts', 'fdl', 'ssanet')
+
+
+def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.ConfigDict:
   """The NTS-Net / FDL training recipe on a real data set, ResNet-50 at 448.
 
   Batch 16, SGD momentum 0.9, weight decay 5e-4, base lr 0.01 x0.1 every 40
   epochs, 100 epochs, pretrained backbone at 0.1x the base lr; train: resize
-  600 -> random crop 448 + flip; test: resize 600 -> centre crop 448.
+  600 -> random crop 448 + flip; test: resize 600 -> centre crop 448. Each
+  method's own hyper-parameters are the defaults under config.model.<method>
+  (the papers' values: 6 regions, 4 in the concatenated/hybrid feature, NMS
+  at 0.25, 224-px parts from a 224-px padded image).
+
+  Args:
+    dataset: 'cub', 'aircraft' or 'cars'.
+    method: `model.name`, given after the config path: `--config=configs/cub.py:fdl`.
   """
+  if method not in METHODS:
+    raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
   c = base_config()
   c.data.name = dataset
+  c.model.name = method
   c.data.image_size = 448
   c.data.resize_size = 600
   c.data.num_workers = 8

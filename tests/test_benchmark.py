@@ -71,3 +71,15 @@ def test_run_mode_rejects_unknown_modes_and_options():
   with pytest.raises(benchmark_lib.OptionsError, match='does not take'):
     benchmark_lib.run_mode('data', {'models': 'resnet'})
   assert set(benchmark_lib.MODES) >= {'data', 'train', 'all'}
+
+
+def test_fft_mode_records_every_scale_and_a_summary():
+  records = benchmark_lib.run_mode('fft', {'scales': '4,5,8', 'channels': 3, 'batch_size': 2,
+                                           'repeats': 1})
+  rows = [r for r in records if r['mode'] == 'fft']
+  assert [r['scales'] for r in rows] == [4, 5, 8, 'summary']
+  for r in rows[:-1]:
+    assert r['fft_ms'] > 0 and r['dense_ms'] > 0
+    assert r['speedup'] == r['dense_ms'] / r['fft_ms']
+  assert 'fft_growth_exponent' in rows[-1] and 'crossover_scales' in rows[-1]
+  assert 'crossover S' in benchmark_lib.format_table(records)

@@ -10,10 +10,16 @@ from fgjax import config_lib
 
 
 @pytest.mark.parametrize('name', ['demo', 'cub', 'aircraft', 'cars'])
-def test_configs_validate(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+@pytest.mark.parametrize('method', config_lib.METHODS)
+def test_configs_validate(name, method):
+  config = importlib.import_module(f'configs.{name}').get_config(method)
   config_lib.validate(config)
-  assert config.data.name == name
+  assert (config.data.name, config.model.name) == (name, method)
+
+
+def test_unknown_method_after_colon_lists_valid_ones():
+  with pytest.raises(ValueError, match=r"'ntsnet'.*'fdl'"):
+    importlib.import_module('configs.cub').get_config('ntsnet')
 
 
 @pytest.mark.parametrize('name', ['cub', 'aircraft', 'cars'])

@@ -58,6 +58,21 @@ def test_crop_bottom_removes_banner_rows():
   assert out.max() == 0
 
 
+@pytest.mark.parametrize('mode,crop_bottom', [('RGB', 0), ('CMYK', 0), ('RGB', 20)])
+def test_crop_window_resize_equals_full_resize_then_crop(mode, crop_bottom):
+  rng = np.random.default_rng(0)
+  # Smooth photo-like content (JPEG of pure noise would be a poor stand-in).
+  base = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+  photo = PIL.Image.fromarray(base).resize((500, 375), PIL.Image.BICUBIC).convert(mode)
+  data = _encode(photo, 'JPEG')
+  full = pipeline.decode_and_resize(data, crop_bottom, 600)
+  for top, left in [(0, 0), (152, 152), (37, 101)]:
+    crop = pipeline.decode_resize_crop(data, crop_bottom, 600, top, left, 448)
+    want = full[top:top + 448, left:left + 448].astype(int)
+    diff = np.abs(crop.astype(int) - want)
+    assert diff.max() <= 2 and np.mean(diff > 0) < 0.2  # Fixed-point rounding only.
+
+
 def test_train_iterator_shapes_and_augmentation():
   spec = pipeline.ImageSpec(image_size=12, resize_size=16)
   it = pipeline.make_train_iterator(ListSource(40), spec, global_batch_size=8, seed=0,
