@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.pretrained_lr_mult = 0.1  # Multiplier on the base lr for pretrained backbone params.
   c.train.lr_decay_epochs = 40  # The lr is multiplied by lr_decay_factor every this many epochs.
   c.train.lr_decay_factor = 0.1  # See lr_decay_epochs.
+  c.train.warmup_epochs = 0.0  # Linear lr warm-up from ~0 over this many epochs (papers: none).
   c.train.momentum = 0.9  # SGD momentum.
   c.train.weight_decay = 5e-4  # L2 added to the gradient (PyTorch SGD convention).
   c.train.parallelism = 'pmap'  # 'pmap' or 'shard_map' (jit over a device mesh).

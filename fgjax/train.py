@@ -88,7 +88,8 @@ def build_model_and_optimizer(config, num_classes: int, steps_per_epoch: int):
   """(model, lr schedule, optax transformation) as `config` describes them."""
   model = models.build_model(config.model, num_classes, bn_axis_name=ts.AXIS)
   schedule = ts.lr_schedule(config.train.base_lr, steps_per_epoch, config.train.lr_decay_epochs,
-                            config.train.lr_decay_factor, config.train.epochs)
+                            config.train.lr_decay_factor, config.train.epochs,
+                            config.train.warmup_epochs)
   tx = ts.make_optimizer(
       schedule, momentum=config.train.momentum, weight_decay=config.train.weight_decay,
       backbone_lr_mult=config.train.pretrained_lr_mult if config.model.pretrained_path else 1.0)

@@ -37,11 +37,19 @@ def normalise(images_uint8):
 
 
 def lr_schedule(base_lr: float, steps_per_epoch: int, decay_epochs: int, decay_factor: float,
-                total_epochs: int) -> optax.Schedule:
-  """Step decay: base_lr * decay_factor ** floor(epoch / decay_epochs)."""
+                total_epochs: int, warmup_epochs: float = 0.0) -> optax.Schedule:
+  """Step decay: base_lr * decay_factor ** floor(epoch / decay_epochs).
+
+  With `warmup_epochs` > 0 the lr first rises linearly from base_lr / warmup_steps
+  to base_lr over that many epochs (not in the papers' recipe, where it is 0).
+  """
   boundaries = {e * steps_per_epoch: decay_factor
                 for e in range(decay_epochs, total_epochs, decay_epochs)}
-  return optax.piecewise_constant_schedule(base_lr, boundaries)
+  decay = optax.piecewise_constant_schedule(base_lr, boundaries)
+  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+  if warmup_steps <= 0:
+    return decay
+  return lambda step: jnp.minimum(1.0, (step + 1) / warmup_steps) * decay(step)
 
 
 def make_optimizer(schedule: optax.Schedule, *, momentum: float, weight_decay: float,

@@ -88,6 +88,14 @@ def test_lr_schedule_steps_down_every_decay_epochs():
     np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
 
 
+def test_lr_warmup_is_linear_then_follows_the_decay():
+  schedule = ts.lr_schedule(0.1, steps_per_epoch=10, decay_epochs=4, decay_factor=0.1,
+                            total_epochs=8, warmup_epochs=2)
+  for step in [0, 9, 19, 20, 39, 40, 79]:
+    expected = min(1.0, (step + 1) / 20) * 0.1 * 0.1 ** (step // 40)
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
+
+
 def test_first_sgd_step_matches_pytorch_formula_with_backbone_multiplier():
   # PyTorch SGD, first step (momentum buffer = gradient): p <- p - lr * mult * (g + wd * p).
   model, schedule, tx, state = _setup(backbone_lr_mult=0.1, weight_decay=5e-4,
