@@ -1,6 +1,5 @@
 """Every registered model: its train step traces once and runs pmapped on 8 devices."""
 
-import functools
 
 import chex
 import jax

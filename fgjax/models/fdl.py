@@ -47,11 +47,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from fgjax.models import regions
 from fgjax.models import resnet
 from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import cam_attention
-from fgjax.ops import crop
-from fgjax.ops import nms
 from fgjax.ops import ranking
 
 FEATURE_STRIDE = 32  # Output stride of the backbone's stage4, the grid of M.
@@ -154,13 +153,11 @@ class FDL(nn.Module):
     attention = cam_attention.gaussian_smooth(attention, self.smooth_sigma,
                                               self.smooth_kernel_size)
 
-    boxes, scores, pad_px = self._candidates(attention, (height, width))
-    indices, valid = nms.batched_greedy_nms(jnp.asarray(boxes), scores, self.num_regions,
-                                            self.nms_iou)
-    boxes = jnp.asarray(boxes)[indices]                                   # [B, m, 4]
+    candidates, scores, pad_px = self._candidates(attention, (height, width))
     part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
-    parts = crop.zoom_into_regions(images, boxes, pad_px, part_px)
-    region_features = backbone(parts, train)['pooled'].reshape(batch, self.num_regions, -1)
+    _, valid, boxes, region_features = regions.zoom_and_describe(
+        backbone, images, candidates, scores, num=self.num_regions, iou=self.nms_iou,
+        pad_px=pad_px, part_px=part_px, train=train)
 
     hybrid = jnp.concatenate(
         [features['pooled'], region_features[:, :self.hybrid_regions].reshape(batch, -1)],

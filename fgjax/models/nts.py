@@ -48,10 +48,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fgjax.models import navigator as navigator_lib
+from fgjax.models import regions
 from fgjax.models import resnet
 from fgjax.ops import anchors as anchors_lib
-from fgjax.ops import crop
-from fgjax.ops import nms
 from fgjax.ops import ranking
 
 
@@ -118,17 +117,14 @@ class NTSNet(nn.Module):
       raise ValueError(f'{anchor_scores.shape[1]} navigator scores for {anchors.shape[0]} '
                        f'anchors at input {height}x{width}: the backbone stride is not 32.')
 
-    anchors = jnp.asarray(anchors)
-    indices, valid = nms.batched_greedy_nms(anchors, anchor_scores, self.proposal_num,
-                                            self.nms_iou)
+    indices, valid, boxes, part_features = regions.zoom_and_describe(
+        backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
+        pad_px=pad_px, part_px=part_px, train=train)
     part_scores = jnp.take_along_axis(anchor_scores, indices, axis=1)
-    boxes = anchors[indices]                                            # [B, m, 4]
-    parts = crop.zoom_into_regions(images, boxes, pad_px, part_px)      # [B*m, S, S, 3]
-    part_features = backbone(parts, train)['pooled']
 
     dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
     global_feature = dropout(features['pooled'])
-    part_features = dropout(part_features).reshape(batch, self.proposal_num, -1)
+    part_features = dropout(part_features)
     dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
     concat = jnp.concatenate(
         [part_features[:, :self.cat_num].reshape(batch, -1), global_feature], axis=1)

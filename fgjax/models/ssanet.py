@@ -56,12 +56,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from fgjax.models import navigator as navigator_lib
+from fgjax.models import regions
 from fgjax.models import resnet
 from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import cam_attention
-from fgjax.ops import crop
 from fgjax.ops import morphology
-from fgjax.ops import nms
 from fgjax.ops import oriented_pooling
 from fgjax.ops import ranking
 from fgjax.ops import scale_mining
@@ -285,16 +284,13 @@ class SSANet(nn.Module):
       outputs['object_mask'] = mask
       outputs['loss_mac'] = self.mac_weight * alignment_penalty(anchor_scores, inside)
 
-    anchors = jnp.asarray(anchors)
-    indices, valid = nms.batched_greedy_nms(anchors, anchor_scores, self.proposal_num,
-                                            self.nms_iou)
-    boxes = anchors[indices]                                            # [B, m, 4]
-    parts = crop.zoom_into_regions(images, boxes, pad_px, part_px)      # [B*m, S, S, 3]
-    part_features = backbone(parts, train)['pooled']
+    indices, valid, boxes, part_features = regions.zoom_and_describe(
+        backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
+        pad_px=pad_px, part_px=part_px, train=train)
 
     dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
     g = dropout(g)
-    part_features = dropout(part_features).reshape(batch, self.proposal_num, -1)
+    part_features = dropout(part_features)
     dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
     concat = jnp.concatenate([part_features[:, :self.cat_num].reshape(batch, -1), g], axis=1)
     outputs.update({
