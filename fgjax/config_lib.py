@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.nts.reference_size = 448  # Input size the pixel sizes above refer to.
   c.model.nts.dropout_rate = 0.5  # Dropout on pooled features, training only.
   c.model.nts.navigator_width = 128  # Channels of the navigator's convolutions.
+  c.model.nts.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
 
   # FDL, "Learning to Focus and Discriminate" (fgjax/models/fdl.py).
   c.model.fdl = ml_collections.ConfigDict()
@@ -66,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   # None: NTS-Net's anchors; an int (160 in the paper) uses one box of this size per map cell.
   c.model.fdl.region_size = ml_collections.config_dict.placeholder(int)
   c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
+  c.model.fdl.separate_part_stats = True  # Own BatchNorm running averages for regions (README).
 
   # SSANet (fgjax/models/ssanet.py): our reading of the abstract; see README.md.
   c.model.ssanet = ml_collections.ConfigDict()
@@ -89,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ssanet.reference_size = 448  # Input size the pixel sizes above refer to.
   c.model.ssanet.dropout_rate = 0.5  # Dropout on pooled features, training only.
   c.model.ssanet.navigator_width = 128  # Channels of the proposal scorer's convolutions.
+  c.model.ssanet.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).

@@ -117,9 +117,10 @@ def test_fdl_image_level_only_is_plain_classifier(fdl_setup):
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(1),
                           IMAGES)
   assert set(shapes['params']) == {'backbone', 'image_fc'}
-  # The same parameters as the full model's image branch.
+  # The same parameters as the full model's image branch; its image statistics are
+  # domain 0 of the full model's per-domain (images, regions) running averages.
   variables = {'params': {k: full_variables['params'][k] for k in ('backbone', 'image_fc')},
-               'batch_stats': full_variables['batch_stats']}
+               'batch_stats': jax.tree.map(lambda v: v[0], full_variables['batch_stats'])}
   out = jax.jit(functools.partial(model.apply, train=False))(variables, IMAGES)
   assert set(out) == {'logits', 'image_logits'}
   features = jax.jit(resnet.get_backbone('resnet_tiny').apply, static_argnums=2)(

@@ -401,6 +401,18 @@ def test_load_pretrained_backbone_replaces_only_the_backbone(tmp_path):
     pretrained.load_pretrained_backbone(path, variables, backbone_path='trunk')
 
 
+def test_per_domain_statistics_all_start_from_the_pretrained_averages():
+  from fgjax.models import nts  # pylint: disable=g-import-not-at-top
+  model = nts.NTSNet(num_classes=3, backbone='resnet_tiny')  # Images and parts: 2 domains.
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  state_dict = _random_state_dict(_torchvision_shapes((1, 1, 1, 1), bottleneck=False))
+  loaded = pretrained.load_pretrained_backbone(state_dict, variables)
+  mean = loaded['batch_stats']['backbone']['stage2_block1']['bn1']['mean']
+  assert mean.shape == (2, 16)
+  for domain in range(2):
+    np.testing.assert_array_equal(mean[domain], state_dict['layer2.0.bn1.running_mean'])
+
+
 # ---------------------------------------------------------------------------
 # Numerical reference: our forward with loaded weights == torchvision's forward.
 # ---------------------------------------------------------------------------

@@ -67,3 +67,62 @@ def test_width_multiplier_scales_channels():
 def test_unknown_backbone_lists_valid_ones():
   with pytest.raises(ValueError, match='resnet50'):
     resnet.get_backbone('resnet49')
+
+
+def _batchnorm_reference(x, scale, bias, running_mean, running_var, train, momentum=0.9,
+                         eps=1e-5):
+  """float64 BatchNorm: (output, new running mean, new running var)."""
+  x = np.asarray(x, np.float64)
+  if train:
+    mean = x.mean(axis=(0, 1, 2))
+    var = x.var(axis=(0, 1, 2))  # Biased, as the running average uses.
+    new_mean = momentum * running_mean + (1 - momentum) * mean
+    new_var = momentum * running_var + (1 - momentum) * var
+  else:
+    mean, var, new_mean, new_var = running_mean, running_var, running_mean, running_var
+  return (x - mean) / np.sqrt(var + eps) * scale + bias, new_mean, new_var
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_batchnorm_matches_float64_formula(train):
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, size=(4, 5, 6, 7)).astype(np.float32)
+  scale, bias = rng.normal(size=7), rng.normal(size=7)
+  stats = {'mean': rng.normal(size=7), 'var': rng.uniform(0.5, 2, size=7)}
+  layer = resnet.BatchNorm(use_running_average=not train)
+  variables = {'params': {'scale': jnp.asarray(scale, jnp.float32),
+                          'bias': jnp.asarray(bias, jnp.float32)},
+               'batch_stats': jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), stats)}
+  out, mutated = layer.apply(variables, x, mutable=['batch_stats'])
+  want, want_mean, want_var = _batchnorm_reference(x, scale, bias, stats['mean'],
+                                                   stats['var'], train)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(mutated['batch_stats']['mean'], want_mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mutated['batch_stats']['var'], want_var, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_domains_keep_separate_running_averages():
+  rng = np.random.default_rng(1)
+  layer = resnet.BatchNorm(use_running_average=False, domains=2)
+  x = rng.normal(5.0, 2.0, size=(8, 3, 3, 4)).astype(np.float32)
+  variables = layer.init(jax.random.key(0), x)
+  assert variables['batch_stats']['mean'].shape == (2, 4)
+  assert variables['params']['scale'].shape == (4,)  # Affine parameters are shared.
+  _, mutated = layer.apply(variables, x, domain=1, mutable=['batch_stats'])
+  _, want_mean, want_var = _batchnorm_reference(x, 1.0, 0.0, np.zeros(4), np.ones(4), True)
+  np.testing.assert_array_equal(mutated['batch_stats']['mean'][0], np.zeros(4))
+  np.testing.assert_allclose(mutated['batch_stats']['mean'][1], want_mean, rtol=1e-5)
+  np.testing.assert_allclose(mutated['batch_stats']['var'][1], want_var, rtol=1e-5)
+  # Evaluation in domain 0 ignores domain 1's statistics.
+  evaluator = resnet.BatchNorm(use_running_average=True, domains=2)
+  out = evaluator.apply({**variables, 'batch_stats': mutated['batch_stats']}, x, domain=0)
+  np.testing.assert_allclose(out, x / np.sqrt(1 + 1e-5), rtol=1e-5)
+
+
+def test_region_models_keep_image_and_part_statistics_apart():
+  from fgjax.models import nts  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  for separate, shape in [(True, (2, 8)), (False, (8,))]:
+    model = nts.NTSNet(num_classes=3, backbone='resnet_tiny', separate_part_stats=separate)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert variables['batch_stats']['backbone']['stem_bn']['mean'].shape == shape

@@ -35,10 +35,9 @@ classifier alone (no attention, no regions: a plain backbone + GAP + linear);
 `cam_mode='single'` uses the map of the ground-truth class in training and of the predicted
 class at evaluation instead of the max over classes.
 
-BatchNorm: as in fgjax.models.nts, the backbone runs on the images and then on the regions;
-in training each call uses its own batch statistics and updates the running averages in
-turn (two momentum updates per step, images first, then regions); evaluation uses the running
-averages for both.
+BatchNorm: as in fgjax.models.nts, the backbone runs on the images and then on the regions,
+each call normalising with its own batch statistics in training; the regions keep their own
+running averages unless `separate_part_stats=False` (fgjax.models.regions).
 """
 
 from typing import Any
@@ -94,6 +93,7 @@ class FDL(nn.Module):
   smooth_kernel_size: int | None = None
   region_size: int | None = None
   classifier_bias: bool = True
+  separate_part_stats: bool = True
 
   def _candidates(self, attention, image_hw):
     """Candidate boxes [A, 4] (input pixels), their scores [B, A] and the padding."""
@@ -133,7 +133,9 @@ class FDL(nn.Module):
                        f'{self.num_regions}.')
     batch, height, width = images.shape[:3]
     backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
-                                   bn_axis_name=self.bn_axis_name, name='backbone')
+                                   bn_axis_name=self.bn_axis_name,
+                                   bn_domains=2 if self.separate_part_stats and not self.image_level_only else 1,
+                                   name='backbone')
     features = backbone(images, train)
     image_fc = nn.Dense(self.num_classes, use_bias=self.classifier_bias, dtype=jnp.float32,
                         name='image_fc')
@@ -157,7 +159,8 @@ class FDL(nn.Module):
     part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
     _, valid, boxes, region_features = regions.zoom_and_describe(
         backbone, images, candidates, scores, num=self.num_regions, iou=self.nms_iou,
-        pad_px=pad_px, part_px=part_px, train=train)
+        pad_px=pad_px, part_px=part_px, train=train,
+        separate_stats=self.separate_part_stats)
 
     hybrid = jnp.concatenate(
         [features['pooled'], region_features[:, :self.hybrid_regions].reshape(batch, -1)],

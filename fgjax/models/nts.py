@@ -26,14 +26,11 @@ features of images and parts in a layer that stays in training mode at test time
 is an `nn.Dropout(dropout_rate)` active only when `train=True` (needs a 'dropout' rng
 then); evaluation is deterministic. `dropout_rate=0` removes it.
 
-BatchNorm: the backbone runs twice per step, on B images and then on B * proposal_num parts.
-In training each call normalises with its own batch statistics (the two batches have
-different sizes and contents, as in the reference) and each updates the running averages in
-turn, so one step applies two momentum updates: first toward the images' statistics, then
-toward the parts'. This is what PyTorch does when a module is called twice, so converted
-NTS-Net statistics stay meaningful; at evaluation both calls use the same running averages,
-which therefore describe a mixture of whole images and zoomed parts. With `bn_axis_name`
-set, each call's statistics are averaged over devices separately.
+BatchNorm: the backbone runs twice per step, on B images and then on B * proposal_num parts;
+in training each call normalises with its own batch statistics (averaged over devices when
+`bn_axis_name` is set). Running averages: one set for images and one for parts by default
+(`separate_part_stats`, our reading; fgjax.models.regions explains why); False moves one
+shared set twice per step, as the reference does.
 
 Concatenation order: [parts, global], the layout of the reference's `concat_net` weights.
 
@@ -83,6 +80,7 @@ class NTSNet(nn.Module):
   reference_size: int = 448
   dropout_rate: float = 0.5
   navigator_width: int = 128
+  separate_part_stats: bool = True
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False):
@@ -109,7 +107,9 @@ class NTSNet(nn.Module):
     part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
 
     backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
-                                   bn_axis_name=self.bn_axis_name, name='backbone')
+                                   bn_axis_name=self.bn_axis_name,
+                                   bn_domains=2 if self.separate_part_stats else 1,
+                                   name='backbone')
     features = backbone(images, train)
     anchor_scores = navigator_lib.Navigator(width=self.navigator_width, dtype=self.dtype,
                                             name='navigator')(features['stage4'])
@@ -119,7 +119,8 @@ class NTSNet(nn.Module):
 
     indices, valid, boxes, part_features = regions.zoom_and_describe(
         backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
-        pad_px=pad_px, part_px=part_px, train=train)
+        pad_px=pad_px, part_px=part_px, train=train,
+        separate_stats=self.separate_part_stats)
     part_scores = jnp.take_along_axis(anchor_scores, indices, axis=1)
 
     dropout = nn.Dropout(self.dropout_rate, deterministic=not train)

@@ -294,6 +294,10 @@ def _convert(key: str, value: np.ndarray, leaf) -> tuple[np.ndarray | None, str 
   """Torch layout -> ours, cast to the leaf's dtype; or (None, why) on a bad shape."""
   value = np.asarray(value)
   is_kernel = len(leaf.shape) == 4
+  if len(leaf.shape) == 2 and value.ndim == 1:
+    # BatchNorm statistics kept per domain (resnet.BatchNorm, [domains, C]): every
+    # domain starts from the pretrained averages.
+    value = np.broadcast_to(value, (leaf.shape[0],) + value.shape)
   expected = (leaf.shape[3], leaf.shape[2], *leaf.shape[:2]) if is_kernel else leaf.shape
   if value.shape != tuple(expected):
     return None, f'{key}: expected shape {tuple(expected)}, found {value.shape}'

@@ -12,22 +12,76 @@ pyramid:
 Parameters are always float32; `dtype` sets the computation dtype (float32 or
 bfloat16). BatchNorm's cross-device axis is the `bn_axis_name` argument: None
 for per-device statistics, 'batch' to average them over the pmapped axis.
+
+Statistics domains: the region models feed the same backbone whole images and
+zoomed parts, whose activation statistics differ. With `bn_domains=2` every
+BatchNorm keeps one set of running averages per domain (`mean`/`var` are
+[2, C]) while the convolutions and the BatchNorm scale and bias stay shared;
+`backbone(x, train, domain=1)` normalises and updates with domain 1. With the
+default `bn_domains=1` the layers are plain BatchNorm ([C] statistics).
 Parameter names follow a fixed scheme (`stem_conv`, `stem_bn`,
 `stage{s}_block{b}/conv{i}` ...) that `fgjax.models.pretrained` maps torchvision
 weights onto.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 BN_EPSILON = 1e-5  # torchvision's value, so that converted weights behave alike.
 BN_MOMENTUM = 0.9  # flax convention: running = momentum * running + (1 - momentum) * batch.
 # 3x3 convolutions pad one pixel on every side, as torchvision does ('SAME' pads
 # (0, 1) for a stride-2 convolution on an even size and would shift features).
 PAD3 = ((1, 1), (1, 1))
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over [..., C] with running statistics per domain (module docstring).
+
+  Training: normalise with the batch's mean and biased variance (E[x^2] - E[x]^2,
+  averaged over `axis_name` when given) and move the domain's running averages
+  towards them with `momentum`; evaluation: normalise with the domain's running
+  averages. Statistics are float32 whatever the computation dtype.
+  """
+  use_running_average: bool
+  axis_name: Any = None
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Any = jnp.float32
+  domains: int = 1
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x, domain: int = 0):
+    if not 0 <= domain < self.domains:
+      raise ValueError(f'BatchNorm domain {domain} out of range for {self.domains} domains.')
+    c = x.shape[-1]
+    shape = (c,) if self.domains == 1 else (self.domains, c)
+    pick = (lambda v: v) if self.domains == 1 else (lambda v: v[domain])
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, shape, jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, shape, jnp.float32)
+    scale = self.param('scale', self.scale_init, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    if self.use_running_average:
+      mean, var = pick(running_mean.value), pick(running_var.value)
+    else:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean, mean_sq = jnp.mean(xf, axes), jnp.mean(xf * xf, axes)
+      if self.axis_name is not None and not self.is_initializing():
+        mean, mean_sq = lax.pmean((mean, mean_sq), self.axis_name)
+      var = jnp.maximum(mean_sq - mean * mean, 0.0)
+      if not self.is_initializing():
+        def update(old, new):
+          moved = self.momentum * pick(old) + (1.0 - self.momentum) * new
+          return moved if self.domains == 1 else old.at[domain].set(moved)
+        running_mean.value = update(running_mean.value, mean)
+        running_var.value = update(running_var.value, var)
+    mul = scale * lax.rsqrt(var + self.epsilon)
+    return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
 
 
 class BasicBlock(nn.Module):
@@ -39,15 +93,15 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, domain: int = 0):
     residual = x
     y = self.conv(self.filters, (3, 3), self.strides, padding=PAD3, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = nn.relu(self.norm(name='bn1')(y, domain))
     y = self.conv(self.filters, (3, 3), padding=PAD3, name='conv2')(y)
-    y = self.norm(name='bn2', scale_init=nn.initializers.zeros)(y)
+    y = self.norm(name='bn2', scale_init=nn.initializers.zeros)(y, domain)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), self.strides, name='downsample_conv')(x)
-      residual = self.norm(name='downsample_bn')(residual)
+      residual = self.norm(name='downsample_bn')(residual, domain)
     return nn.relu(residual + y)
 
 
@@ -60,17 +114,17 @@ class BottleneckBlock(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, domain: int = 0):
     residual = x
     y = self.conv(self.filters, (1, 1), name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = nn.relu(self.norm(name='bn1')(y, domain))
     y = self.conv(self.filters, (3, 3), self.strides, padding=PAD3, name='conv2')(y)
-    y = nn.relu(self.norm(name='bn2')(y))
+    y = nn.relu(self.norm(name='bn2')(y, domain))
     y = self.conv(self.filters * 4, (1, 1), name='conv3')(y)
-    y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y)
+    y = self.norm(name='bn3', scale_init=nn.initializers.zeros)(y, domain)
     if residual.shape != y.shape:
       residual = self.conv(self.filters * 4, (1, 1), self.strides, name='downsample_conv')(x)
-      residual = self.norm(name='downsample_bn')(residual)
+      residual = self.norm(name='downsample_bn')(residual, domain)
     return nn.relu(residual + y)
 
 
@@ -84,32 +138,34 @@ class ResNet(nn.Module):
     dtype: computation dtype; parameters stay float32.
     bn_axis_name: pmap/shard_map axis over which BatchNorm averages its batch
       statistics, or None.
+    bn_domains: sets of BatchNorm running statistics (module docstring).
   """
   stage_sizes: Sequence[int]
   block: Any = BottleneckBlock
   width: float = 1.0
   dtype: Any = jnp.float32
   bn_axis_name: Any = None
+  bn_domains: int = 1
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, domain: int = 0):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
                              kernel_init=nn.initializers.variance_scaling(
                                  2.0, 'fan_out', 'normal'))
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
-                             axis_name=self.bn_axis_name if train else None)
+    norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
+                             axis_name=self.bn_axis_name if train else None,
+                             domains=self.bn_domains)
     base = max(1, int(round(64 * self.width)))
     x = x.astype(self.dtype)
     x = conv(base, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name='stem_conv')(x)
-    x = nn.relu(norm(name='stem_bn')(x))
+    x = nn.relu(norm(name='stem_bn')(x, domain))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
     features = {}
     for s, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = (2, 2) if s > 0 and b == 0 else (1, 1)
         x = self.block(filters=base * 2 ** s, strides=strides, conv=conv, norm=norm,
-                       name=f'stage{s + 1}_block{b + 1}')(x)
+                       name=f'stage{s + 1}_block{b + 1}')(x, domain)
       features[f'stage{s + 1}'] = x
     features['pooled'] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return features

@@ -224,6 +224,7 @@ class SSANet(nn.Module):
   reference_size: int = 448
   dropout_rate: float = 0.5
   navigator_width: int = 128
+  separate_part_stats: bool = True
 
   def _image_descriptor(self, features):
     """g [B, G] float32 and the DSM/OP diagnostics (steps 2 and 3)."""
@@ -269,7 +270,9 @@ class SSANet(nn.Module):
     part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
 
     backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
-                                   bn_axis_name=self.bn_axis_name, name='backbone')
+                                   bn_axis_name=self.bn_axis_name,
+                                   bn_domains=2 if self.separate_part_stats else 1,
+                                   name='backbone')
     features = backbone(images, train)
     g, outputs = self._image_descriptor(features)
 
@@ -286,7 +289,8 @@ class SSANet(nn.Module):
 
     indices, valid, boxes, part_features = regions.zoom_and_describe(
         backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
-        pad_px=pad_px, part_px=part_px, train=train)
+        pad_px=pad_px, part_px=part_px, train=train,
+        separate_stats=self.separate_part_stats)
 
     dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
     g = dropout(g)
