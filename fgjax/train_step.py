@@ -189,17 +189,3 @@ class Parallel:
     mapped = jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
                            check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
-
-  def map_per_example(self, per_core: Callable) -> Callable:
-    """per_core(state, batch) -> per-example outputs as host arrays [D * b, ...]."""
-    if self.mode == 'pmap':
-      mapped = jax.pmap(per_core, axis_name=AXIS,
-                        devices=self.devices if self._explicit_devices else None)
-    else:
-      mapped = jax.jit(jax.shard_map(per_core, mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                     out_specs=P(AXIS), check_vma=False))
-
-    def run(state, batch):
-      out = jax.device_get(mapped(state, batch))
-      return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2 if self.mode == 'pmap' else 1:]), out)
-    return run
