@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # grain worker processes per host (0: decode in the main process).
   c.data.sampler = 'random'  # 'random' or 'class_balanced' (P classes x K images per batch).
   c.data.classes_per_batch = 0  # P of the class-balanced sampler.
-  c.data.on_bad_image = 'error'  # When preparing: 'error' stops, 'skip' skips and lists.
+  c.data.on_bad_image = 'error'  # Bad images when preparing (the command train.py suggests).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet'  # Method: see fgjax.models.MODELS.

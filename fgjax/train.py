@@ -53,7 +53,8 @@ def open_sources(config):
     if jax.process_index() == 0:
       registry.prepare('demo', data_dir, builder_config=builder_config)
     _sync_processes('demo data')
-  builder = registry.require_prepared(config.data.name, data_dir, builder_config)
+  builder = registry.require_prepared(config.data.name, data_dir, builder_config,
+                                      config.data.on_bad_image)
   train = pipeline.TfdsSource(config.data.name, data_dir, config.data.train_split,
                               config.data.builder_config)
   test = pipeline.TfdsSource(config.data.name, data_dir, config.data.eval_split,

@@ -208,6 +208,8 @@ def test_require_prepared_and_policy_errors():
   assert ('python launch/prepare_data.py --dataset=aircraft --manual_dir=DIR '
           '--data_dir=/nonexistent/tfds --builder_config=family') in str(e.value)
   assert 'fgvc-aircraft-2013b.tar.gz' in str(e.value)
+  with pytest.raises(registry.DataNotPreparedError, match='--dataset=cars .* --on_bad_image=skip'):
+    registry.require_prepared('cars', '/nonexistent/tfds', on_bad_image='skip')
   with pytest.raises(ValueError, match=r"on_bad_image must be one of \('error', 'skip'\)"):
     registry.get_builder('cub', '/nonexistent/tfds', on_bad_image='ignore')
   with pytest.raises(ValueError, match=r"no builder config 'family'; valid: none"):

@@ -61,7 +61,8 @@ def get_builder(name: str, data_dir: str, builder_config: str | None = None,
   return cls(data_dir=os.path.expanduser(data_dir), file_format='array_record', **kwargs)
 
 
-def prepare_command(name: str, data_dir: str, builder_config: str | None = None) -> str:
+def prepare_command(name: str, data_dir: str, builder_config: str | None = None,
+                    on_bad_image: str = 'error') -> str:
   """The shell command that prepares `name` (run from the repository root)."""
   parts = ['python launch/prepare_data.py', f'--dataset={name}']
   if _needs_manual_files(builder_class(name)):
@@ -69,6 +70,8 @@ def prepare_command(name: str, data_dir: str, builder_config: str | None = None)
   parts.append(f'--data_dir={data_dir}')
   if builder_config:
     parts.append(f'--builder_config={builder_config}')
+  if on_bad_image != 'error':
+    parts.append(f'--on_bad_image={on_bad_image}')
   return ' '.join(parts)
 
 
@@ -139,14 +142,18 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
   return PrepareResult(builder, False, getattr(builder, 'skipped_files', []), data_path)
 
 
-def require_prepared(name: str, data_dir: str, builder_config: str | None = None):
-  """The builder of a prepared data set; DataNotPreparedError with the command if not."""
+def require_prepared(name: str, data_dir: str, builder_config: str | None = None,
+                     on_bad_image: str = 'error'):
+  """The builder of a prepared data set; DataNotPreparedError with the command if not.
+
+  `on_bad_image` (config.data.on_bad_image) goes into the suggested command.
+  """
   builder = get_builder(name, data_dir, builder_config)
   if _is_prepared(builder):
     return builder
   message = (f'Data set {name!r}{f" ({builder_config})" if builder_config else ""} is not '
              f'prepared in {os.path.expanduser(data_dir)}. Prepare it with:\n  '
-             f'{prepare_command(name, data_dir, builder_config)}')
+             f'{prepare_command(name, data_dir, builder_config, on_bad_image)}')
   if _needs_manual_files(type(builder)):
     message += ('\nwhere DIR holds the official files:\n' +
                 textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS))
