@@ -47,7 +47,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from fgjax.models import regions
-from fgjax.models import resnet
 from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import cam_attention
 from fgjax.ops import ranking
@@ -132,10 +131,9 @@ class FDL(nn.Module):
       raise ValueError(f'Need 0 < hybrid_regions <= num_regions, got {self.hybrid_regions}, '
                        f'{self.num_regions}.')
     batch, height, width = images.shape[:3]
-    backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
-                                   bn_axis_name=self.bn_axis_name,
-                                   bn_domains=2 if self.separate_part_stats and not self.image_level_only else 1,
-                                   name='backbone')
+    backbone = regions.shared_backbone(
+        self.backbone, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+        separate_part_stats=self.separate_part_stats and not self.image_level_only)
     features = backbone(images, train)
     image_fc = nn.Dense(self.num_classes, use_bias=self.classifier_bias, dtype=jnp.float32,
                         name='image_fc')

@@ -46,8 +46,6 @@ import jax.numpy as jnp
 
 from fgjax.models import navigator as navigator_lib
 from fgjax.models import regions
-from fgjax.models import resnet
-from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import ranking
 
 
@@ -102,14 +100,11 @@ class NTSNet(nn.Module):
       raise ValueError(f'Need 0 < cat_num <= proposal_num, got {self.cat_num}, '
                        f'{self.proposal_num}.')
     batch, height, width = images.shape[:3]
-    anchors, pad_px = anchors_lib.region_anchors((height, width), self.pad,
-                                                 reference_size=self.reference_size)
-    part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
-
-    backbone = resnet.get_backbone(self.backbone, dtype=self.dtype,
-                                   bn_axis_name=self.bn_axis_name,
-                                   bn_domains=2 if self.separate_part_stats else 1,
-                                   name='backbone')
+    anchors, pad_px, part_px = regions.anchors_and_sizes(
+        (height, width), self.pad, self.part_size, self.reference_size)
+    backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
+                                       bn_axis_name=self.bn_axis_name,
+                                       separate_part_stats=self.separate_part_stats)
     features = backbone(images, train)
     anchor_scores = navigator_lib.Navigator(width=self.navigator_width, dtype=self.dtype,
                                             name='navigator')(features['stage4'])

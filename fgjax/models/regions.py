@@ -18,8 +18,26 @@ False reproduces the references.
 
 import jax.numpy as jnp
 
+from fgjax.models import resnet
+from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import crop
 from fgjax.ops import nms
+
+
+def shared_backbone(backbone: str, *, dtype, bn_axis_name, separate_part_stats: bool):
+  """The backbone a region model runs on images and parts (submodule 'backbone')."""
+  return resnet.get_backbone(backbone, dtype=dtype, bn_axis_name=bn_axis_name,
+                             bn_domains=2 if separate_part_stats else 1, name='backbone')
+
+
+def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int):
+  """NTS-Net's anchors [A, 4] for this input, and the padding and part side in pixels.
+
+  `pad` and `part_size` are given at `reference_size` (448) and scaled to the input
+  (fgjax.ops.anchors.scale_to_input).
+  """
+  anchors, pad_px = anchors_lib.region_anchors(image_hw, pad, reference_size=reference_size)
+  return anchors, pad_px, anchors_lib.scale_to_input(part_size, image_hw, reference_size)
 
 
 def zoom_and_describe(backbone, images, boxes, scores, *, num: int, iou: float, pad_px: int,
