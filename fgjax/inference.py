@@ -39,8 +39,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     values = json.load(f)
   config = config_lib.base_config()
   config.unlock()
-  config.update_from_flattened_dict(
-      {k: v for k, v in _flatten(values).items()})
+  config.update_from_flattened_dict(_flatten(values))
   config.lock()
   config_lib.validate(config)
   return config

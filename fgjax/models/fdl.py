@@ -127,9 +127,8 @@ class FDL(nn.Module):
     """
     if self.cam_mode not in ('max', 'single'):
       raise ValueError(f"Unknown cam_mode {self.cam_mode!r}; valid: 'max', 'single'.")
-    if not 0 < self.hybrid_regions <= self.num_regions:
-      raise ValueError(f'Need 0 < hybrid_regions <= num_regions, got {self.hybrid_regions}, '
-                       f'{self.num_regions}.')
+    regions.check_counts(self.hybrid_regions, self.num_regions, 'hybrid_regions',
+                         'num_regions')
     batch, height, width = images.shape[:3]
     backbone = regions.shared_backbone(
         self.backbone, dtype=self.dtype, bn_axis_name=self.bn_axis_name,

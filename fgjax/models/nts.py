@@ -44,7 +44,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fgjax.models import navigator as navigator_lib
 from fgjax.models import regions
 from fgjax.ops import ranking
 
@@ -96,9 +95,7 @@ class NTSNet(nn.Module):
       NMS ran out of boxes), 'anchor_scores' [B, A].
     """
     del labels
-    if not 0 < self.cat_num <= self.proposal_num:
-      raise ValueError(f'Need 0 < cat_num <= proposal_num, got {self.cat_num}, '
-                       f'{self.proposal_num}.')
+    regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
     batch, height, width = images.shape[:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
         (height, width), self.pad, self.part_size, self.reference_size)
@@ -106,11 +103,8 @@ class NTSNet(nn.Module):
                                        bn_axis_name=self.bn_axis_name,
                                        separate_part_stats=self.separate_part_stats)
     features = backbone(images, train)
-    anchor_scores = navigator_lib.Navigator(width=self.navigator_width, dtype=self.dtype,
-                                            name='navigator')(features['stage4'])
-    if anchor_scores.shape[1] != anchors.shape[0]:
-      raise ValueError(f'{anchor_scores.shape[1]} navigator scores for {anchors.shape[0]} '
-                       f'anchors at input {height}x{width}: the backbone stride is not 32.')
+    anchor_scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
+                                     width=self.navigator_width, dtype=self.dtype)
 
     indices, valid, boxes, part_features = regions.zoom_and_describe(
         backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,

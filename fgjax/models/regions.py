@@ -18,6 +18,7 @@ False reproduces the references.
 
 import jax.numpy as jnp
 
+from fgjax.models import navigator as navigator_lib
 from fgjax.models import resnet
 from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import crop
@@ -28,6 +29,21 @@ def shared_backbone(backbone: str, *, dtype, bn_axis_name, separate_part_stats: 
   """The backbone a region model runs on images and parts (submodule 'backbone')."""
   return resnet.get_backbone(backbone, dtype=dtype, bn_axis_name=bn_axis_name,
                              bn_domains=2 if separate_part_stats else 1, name='backbone')
+
+
+def check_counts(kept: int, total: int, kept_name: str, total_name: str) -> None:
+  """Raises unless 0 < kept <= total (e.g. cat_num of proposal_num regions)."""
+  if not 0 < kept <= total:
+    raise ValueError(f'Need 0 < {kept_name} <= {total_name}, got {kept}, {total}.')
+
+
+def navigate(stage4, num_anchors: int, image_hw, *, width: int, dtype):
+  """NTS-Net's navigator (submodule 'navigator' of the calling model): scores [B, A]."""
+  scores = navigator_lib.Navigator(width=width, dtype=dtype, name='navigator')(stage4)
+  if scores.shape[1] != num_anchors:
+    raise ValueError(f'{scores.shape[1]} navigator scores for {num_anchors} anchors at input '
+                     f'{image_hw[0]}x{image_hw[1]}: the backbone stride is not 32.')
+  return scores
 
 
 def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int):

@@ -55,7 +55,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fgjax.models import navigator as navigator_lib
 from fgjax.models import regions
 from fgjax.ops import cam_attention
 from fgjax.ops import morphology
@@ -259,9 +258,7 @@ class SSANet(nn.Module):
       'loss_mac' [B] (already weighted by mac_weight).
     """
     del labels
-    if not 0 < self.cat_num <= self.proposal_num:
-      raise ValueError(f'Need 0 < cat_num <= proposal_num, got {self.cat_num}, '
-                       f'{self.proposal_num}.')
+    regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
     batch, height, width = images.shape[:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
         (height, width), self.pad, self.part_size, self.reference_size)
@@ -271,11 +268,8 @@ class SSANet(nn.Module):
     features = backbone(images, train)
     g, outputs = self._image_descriptor(features)
 
-    anchor_scores = navigator_lib.Navigator(width=self.navigator_width, dtype=self.dtype,
-                                            name='navigator')(features['stage4'])
-    if anchor_scores.shape[1] != anchors.shape[0]:
-      raise ValueError(f'{anchor_scores.shape[1]} navigator scores for {anchors.shape[0]} '
-                       f'anchors at input {height}x{width}: the backbone stride is not 32.')
+    anchor_scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
+                                     width=self.navigator_width, dtype=self.dtype)
     if self.use_mac:
       mask = object_mask(features['stage4'], self.mac_kernel)
       inside = anchor_inside_fraction(mask, anchors, (height, width))
