@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.nts.dropout_rate = 0.5  # Dropout on pooled features, training only.
   c.model.nts.navigator_width = 128  # Channels of the navigator's convolutions.
   c.model.nts.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
+  c.model.nts.anchor_grid = 'scaled'  # 'scaled': NTS-Net's 448 layout at any size; 'feature'.
 
   # FDL, "Learning to Focus and Discriminate" (fgjax/models/fdl.py).
   c.model.fdl = ml_collections.ConfigDict()
@@ -68,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.fdl.region_size = ml_collections.config_dict.placeholder(int)
   c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
   c.model.fdl.separate_part_stats = True  # Own BatchNorm running averages for regions (README).
+  c.model.fdl.anchor_grid = 'scaled'  # As model.nts.anchor_grid (with region_size None).
 
   # SSANet (fgjax/models/ssanet.py): our reading of the abstract; see README.md.
   c.model.ssanet = ml_collections.ConfigDict()
@@ -92,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ssanet.dropout_rate = 0.5  # Dropout on pooled features, training only.
   c.model.ssanet.navigator_width = 128  # Channels of the proposal scorer's convolutions.
   c.model.ssanet.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
+  c.model.ssanet.anchor_grid = 'scaled'  # As model.nts.anchor_grid.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
@@ -103,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.warmup_epochs = 0.0  # Linear lr warm-up from ~0 over this many epochs (papers: none).
   c.train.momentum = 0.9  # SGD momentum.
   c.train.weight_decay = 5e-4  # L2 added to the gradient (PyTorch SGD convention).
+  c.train.grad_clip_norm = 0.0  # > 0: clip the gradient's global L2 norm to this (0: off).
   c.train.parallelism = 'pmap'  # 'pmap' or 'shard_map' (jit over a device mesh).
   c.train.log_every_steps = 50  # Progress line and metrics.jsonl row every this many steps.
   c.train.eval_every_epochs = 10  # Evaluate every this many epochs (and at the end).
@@ -160,6 +164,9 @@ CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),
     'train.parallelism': ('pmap', 'shard_map'),
     'model.fdl.cam_mode': ('max', 'single'),
+    'model.nts.anchor_grid': ('scaled', 'feature'),
+    'model.fdl.anchor_grid': ('scaled', 'feature'),
+    'model.ssanet.anchor_grid': ('scaled', 'feature'),
 }
 
 

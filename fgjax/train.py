@@ -69,20 +69,33 @@ def _sync_processes(name: str) -> None:
 
 
 def evaluate(parallel, p_eval, state, source, spec, config) -> dict:
-  """Exact accuracy and mean loss over every example of `source`."""
-  totals = {'correct': 0.0, 'loss': 0.0, 'count': 0.0}
+  """Exact metrics over every example of `source`.
+
+  'accuracy' (the prediction), 'loss' and 'count'; region models add each head's own
+  accuracy ('accuracy_global', 'accuracy_part_top1', ...; train_step.head_correct) and the
+  mean of each loss term ('loss_rank', ...).
+  """
+  totals = {}
   for batch in pipeline.eval_batches(
       source, spec, global_batch_size=config.eval.batch_size,
       num_devices=parallel.num_local_devices, process_index=jax.process_index(),
       process_count=jax.process_count(), num_workers=config.data.num_workers):
     sums = parallel.to_host(p_eval(state, parallel.shard_batch(batch)))
-    for k in totals:
-      totals[k] += float(sums[k])
-  count = int(round(totals['count']))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = int(round(totals.pop('count')))
   if count != len(source):
     raise RuntimeError(f'Evaluation saw {count} examples, the split has {len(source)}.')
-  return {'accuracy': totals['correct'] / count, 'loss': totals['loss'] / count,
-          'count': count}
+  metrics = {('accuracy' + k[len('correct'):] if k.startswith('correct') else k): v / count
+             for k, v in totals.items()}
+  return {**metrics, 'count': count}
+
+
+def _heads_summary(metrics: dict) -> str:
+  """' (global 0.91, part_top1 0.55)' for the heads other than the prediction, or ''."""
+  heads = [f'{k[len("accuracy_"):]} {v:.4f}' for k, v in sorted(metrics.items())
+           if k.startswith('accuracy_')]
+  return f' (heads: {", ".join(heads)})' if heads else ''
 
 
 def build_model_and_optimizer(config, num_classes: int, steps_per_epoch: int):
@@ -93,7 +106,8 @@ def build_model_and_optimizer(config, num_classes: int, steps_per_epoch: int):
                             config.train.warmup_epochs)
   tx = ts.make_optimizer(
       schedule, momentum=config.train.momentum, weight_decay=config.train.weight_decay,
-      backbone_lr_mult=config.train.pretrained_lr_mult if config.model.pretrained_path else 1.0)
+      backbone_lr_mult=config.train.pretrained_lr_mult if config.model.pretrained_path else 1.0,
+      grad_clip_norm=config.train.grad_clip_norm)
   return model, schedule, tx
 
 
@@ -182,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % eval_every == 0 or step == total_steps:
       eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
       _log(f'eval at step {step}: accuracy {eval_metrics["accuracy"]:.4f} '
-           f'loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images')
+           f'loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
+           f'{_heads_summary(eval_metrics)}')
       _append_jsonl(metrics_path, {'step': step, 'split': 'eval', **eval_metrics})
       ckpt.save_best(step, parallel.to_host(state), eval_metrics['accuracy'])
       last_time = time.time()  # Evaluation time is not training throughput.
@@ -194,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
   if eval_metrics is not None and end == total_steps:
     _log(f'final test accuracy: {eval_metrics["accuracy"]:.4f} '
-         f'({eval_metrics["count"]} images)')
+         f'({eval_metrics["count"]} images){_heads_summary(eval_metrics)}')
   return {**(eval_metrics or {}), 'step': end, 'state': parallel.to_host(state)}
 
 

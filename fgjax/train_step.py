@@ -53,13 +53,15 @@ def lr_schedule(base_lr: float, steps_per_epoch: int, decay_epochs: int, decay_f
 
 
 def make_optimizer(schedule: optax.Schedule, *, momentum: float, weight_decay: float,
-                   backbone_lr_mult: float) -> optax.GradientTransformation:
+                   backbone_lr_mult: float,
+                   grad_clip_norm: float = 0.0) -> optax.GradientTransformation:
   """SGD with momentum and L2 weight decay; the backbone's lr is scaled.
 
   Weight decay is added to the gradient before momentum, as PyTorch's SGD does
   (the reference implementations are PyTorch). Parameters under the top-level
   'backbone' module get `backbone_lr_mult` times the lr (0.1 for a pretrained
-  backbone in the papers' recipe).
+  backbone in the papers' recipe). `grad_clip_norm` > 0 first scales the whole
+  gradient down to at most that global L2 norm (not in the papers' recipe).
   """
   def sgd(mult):
     return optax.chain(optax.add_decayed_weights(weight_decay),
@@ -69,7 +71,10 @@ def make_optimizer(schedule: optax.Schedule, *, momentum: float, weight_decay: f
     return {k: jax.tree.map(lambda _, k=k: 'backbone' if k == 'backbone' else 'head', v)
             for k, v in params.items()}
 
-  return optax.multi_transform({'backbone': sgd(backbone_lr_mult), 'head': sgd(1.0)}, label)
+  tx = optax.multi_transform({'backbone': sgd(backbone_lr_mult), 'head': sgd(1.0)}, label)
+  if grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx
 
 
 def create_train_state(model, tx, rng, image_size: int) -> TrainState:
@@ -104,21 +109,40 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, rng):
   metrics = {k: jnp.mean(v) for k, v in losses.items()}
   metrics['accuracy'] = jnp.mean(jnp.argmax(outputs['logits'], -1) == labels)
   metrics = lax.pmean(metrics, AXIS)
+  metrics['grad_norm'] = optax.tree.norm(grads)  # Before clipping and weight decay.
   metrics['lr'] = schedule(state.step)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, metrics
 
 
+def head_correct(outputs, labels) -> dict:
+  """Per-example 0/1 correctness [B] of the prediction and of every other classifier head.
+
+  'correct' is the prediction ('logits'); 'correct_<head>' for each other '<head>_logits'
+  output ([B, C]), and for region heads ([B, m, C]) 'correct_<head>_top1', the region
+  ranked first alone. Region models show here how much each branch knows on its own.
+  """
+  out = {}
+  for key, logits in outputs.items():
+    if key != 'logits' and not key.endswith('_logits'):
+      continue
+    name = 'correct' if key == 'logits' else 'correct_' + key[:-len('_logits')]
+    if logits.ndim == 3:
+      logits, name = logits[:, 0], name + '_top1'
+    out[name] = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return out
+
+
 def eval_step(state: TrainState, batch, *, model):
-  """Masked sums over the whole (global) batch: correct, loss and count."""
+  """Masked sums over the whole (global) batch: count, every head's correct, every loss."""
   images, labels, mask = normalise(batch['image']), batch['label'], batch['mask']
   outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                         images, train=False)
-  losses = type(model).per_example_losses(outputs, labels)
-  correct = (jnp.argmax(outputs['logits'], -1) == labels).astype(jnp.float32)
-  sums = {'correct': jnp.sum(correct * mask), 'loss': jnp.sum(losses['loss'] * mask),
-          'count': jnp.sum(mask)}
+  per_example = {**type(model).per_example_losses(outputs, labels),
+                 **head_correct(outputs, labels)}
+  sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
+  sums['count'] = jnp.sum(mask)
   return lax.psum(sums, AXIS)
 
 

@@ -3,7 +3,8 @@ r"""Evaluates a trained run on its eval split (exact: every image counts once).
   python launch/evaluate.py --workdir=runs/cub_fdl [--checkpoint=best|latest] \
       [--split=test] [--batch_size=64]
 
-Reads the run's config.json; prints accuracy and loss, and the checkpoint used.
+Reads the run's config.json; prints accuracy and loss, and the checkpoint used; for the
+region models also each classifier head's own accuracy and each loss term.
 """
 
 from absl import app
@@ -27,6 +28,10 @@ def main(argv):
                                   batch_size=FLAGS.batch_size)
   print(f'{result["checkpoint"]}: accuracy {result["accuracy"]:.4f}, loss {result["loss"]:.4f} '
         f'on {result["count"]} images of split {result["split"]!r}')
+  extra = {k: v for k, v in result.items()
+           if k.startswith(('accuracy_', 'loss_')) and isinstance(v, float)}
+  for key in sorted(extra):  # Region models: each head's own accuracy, each loss term.
+    print(f'  {key}: {extra[key]:.4f}')
 
 
 if __name__ == '__main__':

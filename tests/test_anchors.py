@@ -15,16 +15,19 @@ SETTINGS = (  # (stride, size, scales), NTS-Net at 448.
 )
 
 
-def reference_boxes(height, width, size_scale=1.0):
+def reference_boxes(height, width, size_scale=1.0, stride_scale=1.0):
   """Per level, scale, ratio, y, x: plain loops in float64."""
   out = []
-  for stride, size, scales in SETTINGS:
+  for base_stride, size, scales in SETTINGS:
+    stride = base_stride * stride_scale
+    cells_y = round(height / stride, 9)  # Rounded: 64 / (32 * 64 / 448) is 14, not 14.0001.
+    cells_x = round(width / stride, 9)
     for scale in scales:
       for ratio in RATIOS:
         h = size * size_scale * scale / math.sqrt(ratio)
         w = size * size_scale * scale * math.sqrt(ratio)
-        for y in range(math.ceil(height / stride)):
-          for x in range(math.ceil(width / stride)):
+        for y in range(math.ceil(cells_y)):
+          for x in range(math.ceil(cells_x)):
             cy, cx = stride / 2 + y * stride, stride / 2 + x * stride
             out.append((cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2))
   return np.array(out, np.float64)
@@ -65,6 +68,26 @@ def test_all_boxes_match_loop(size):
   assert got.dtype == np.float32
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
   assert got.shape[0] == anchors.num_anchors(size)
+
+
+@pytest.mark.parametrize('size', [64, (96, 160), 100, 224, 600])
+def test_scaled_grid_matches_loop(size):
+  height, width = (size, size) if isinstance(size, int) else size
+  scale = min(height, width) / 448
+  got = anchors.anchor_boxes(size, grid='scaled')
+  want = reference_boxes(height, width, size_scale=scale, stride_scale=scale)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  assert got.shape[0] == anchors.num_anchors(size, grid='scaled')
+  if height == width:  # A square input gets NTS-Net's 448 layout, shrunk or stretched.
+    assert anchors.num_anchors(size, grid='scaled') == 1614
+    np.testing.assert_allclose(got, anchors.anchor_boxes(448) * scale, atol=1e-3, rtol=0)
+
+
+def test_scaled_and_feature_grids_agree_at_448():
+  np.testing.assert_array_equal(anchors.anchor_boxes(448, grid='scaled'),
+                                anchors.anchor_boxes(448, grid='feature'))
+  with pytest.raises(ValueError, match="'scaled', 'feature'"):
+    anchors.grid_sizes(448, grid='fine')
 
 
 def test_small_input_scales_sizes_not_strides():

@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import jax.numpy as jnp
 import jax
 import numpy as np
 import pytest
@@ -116,6 +117,23 @@ def test_first_sgd_step_matches_pytorch_formula_with_backbone_multiplier():
       np.testing.assert_allclose(u, expected, rtol=1e-5, atol=1e-9)
 
 
+def test_gradient_clipping_scales_the_whole_gradient_before_decay():
+  rng = np.random.default_rng(3)
+  params = {'backbone': {'w': jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)},
+            'fc': {'b': jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
+  grads = jax.tree.map(lambda p: 10.0 * jnp.ones_like(p), params)
+  norm = np.sqrt(8 * 100.0)  # Eight entries of 10.
+  for clip, factor in [(1.0, 1.0 / norm), (1000.0, 1.0), (0.0, 1.0)]:
+    tx = ts.make_optimizer(lambda step: 0.1, momentum=0.9, weight_decay=5e-4,
+                           backbone_lr_mult=0.1, grad_clip_norm=clip)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for group, mult in [('backbone', 0.1), ('fc', 1.0)]:
+      for g, p, u in zip(jax.tree.leaves(grads[group]), jax.tree.leaves(params[group]),
+                         jax.tree.leaves(updates[group])):
+        expected = -0.1 * mult * (factor * np.float64(g) + 5e-4 * np.float64(p))
+        np.testing.assert_allclose(u, expected, rtol=1e-5, atol=1e-9)
+
+
 def test_eval_step_masks_padding():
   model, _, _, state = _setup()
   parallel = ts.Parallel('pmap', jax.devices()[:8])
@@ -133,6 +151,19 @@ def test_eval_step_masks_padding():
   assert float(sums['count']) == 8
   assert float(sums['correct']) == correct
   np.testing.assert_allclose(float(sums['loss']), nll, rtol=1e-5)
+
+
+def test_head_correct_scores_every_head_against_argmax():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, size=6)
+  outputs = {'logits': rng.normal(size=(6, 4)), 'global_logits': rng.normal(size=(6, 4)),
+             'part_logits': rng.normal(size=(6, 3, 4)), 'boxes': rng.normal(size=(6, 3, 4))}
+  got = ts.head_correct({k: jnp.asarray(v) for k, v in outputs.items()}, jnp.asarray(labels))
+  assert set(got) == {'correct', 'correct_global', 'correct_part_top1'}
+  for key, logits in [('correct', outputs['logits']), ('correct_global', outputs['global_logits']),
+                      ('correct_part_top1', outputs['part_logits'][:, 0])]:
+    expected = [float(np.argmax(row) == y) for row, y in zip(logits, labels)]
+    np.testing.assert_array_equal(np.asarray(got[key]), expected)
 
 
 def test_parallel_rejects_unknown_mode():

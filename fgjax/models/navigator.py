@@ -11,6 +11,10 @@ The 3x3 convolutions pad one pixel on every side, as the reference's `padding=1`
 becomes ceil(n / 2), which is `anchors.grid_sizes`. The head widths follow the anchor levels,
 and the score maps are flattened in the anchors' order (`flatten_level_scores`).
 
+With the 'scaled' anchor grid (fgjax.ops.anchors) the first level has NTS-Net's 14 x 14
+cells on a square input of any size; the feature map is resized bilinearly to that grid
+first (`grid=(gh, gw)`; nothing happens where it already has that shape, e.g. at 448).
+
 The navigator reads a gradient-stopped feature map: it learns only from the ranking loss,
 and the ranking loss does not reach the backbone.
 """
@@ -18,6 +22,7 @@ and the ranking loss does not reach the backbone.
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -31,15 +36,20 @@ class Navigator(nn.Module):
     levels: anchor levels; one stride-2 step per level after the first.
     width: channels of the 3x3 convolutions (128 in NTS-Net).
     dtype: computation dtype of the convolutions; scores come back float32.
+    grid: (gh, gw) of the first level; the feature map is resized to it. None keeps the
+      map's own grid (the 'feature' anchor grid).
   """
   levels: Sequence[anchors_lib.AnchorLevel] = anchors_lib.NTS_LEVELS
   width: int = 128
   dtype: Any = jnp.float32
+  grid: tuple[int, int] | None = None
 
   @nn.compact
   def __call__(self, features: jnp.ndarray) -> jnp.ndarray:
     """Scores [B, A] for features [B, h, w, C] (gradient stopped here)."""
     x = lax.stop_gradient(features).astype(self.dtype)
+    if self.grid is not None and tuple(x.shape[1:3]) != tuple(self.grid):
+      x = jax.image.resize(x, (x.shape[0], *self.grid, x.shape[3]), 'bilinear')
     maps = []
     for level, spec in enumerate(self.levels):
       x = nn.Conv(self.width, (3, 3), strides=1 if level == 0 else 2,

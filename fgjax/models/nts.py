@@ -16,10 +16,13 @@ parts of the part CE. The navigator's input and the crops are gradient-stopped, 
 navigator learns only from the ranking loss and the ranking loss reaches nothing else.
 
 Sizes (our reading): pixel quantities (`pad`, `part_size`, the anchor sizes) are given at
-`reference_size` = 448 and scaled by min(H, W) / 448; anchor strides stay 32/64/128 to match
-the navigator's maps (see fgjax.ops.anchors). At 448 every number is NTS-Net's; at 64 with
-resnet_tiny there are 39 anchors, 32 px of padding and 32 x 32 parts. As in the reference,
-the anchors are floored to integers after padding, and NMS and crops use those boxes.
+`reference_size` = 448 and scaled by min(H, W) / 448. With `anchor_grid='scaled'` (default)
+the anchor strides scale too, so every square input gets NTS-Net's 1614 boxes, shrunk, and
+the navigator resizes its map to the 14 x 14 grid; 'feature' keeps the strides 32/64/128 of
+the navigator's own maps (39 anchors at 64 x 64; fgjax.ops.anchors says why that is worse).
+At 448 both are NTS-Net's. At 64 with resnet_tiny: 32 px of padding and 32 x 32 parts. As in
+the reference, the anchors are floored to integers after padding, and NMS and crops use
+those boxes.
 
 Dropout (fixing the reference's defect): the reference applies dropout(0.5) to the pooled
 features of images and parts in a layer that stays in training mode at test time. Here it
@@ -64,6 +67,8 @@ class NTSNet(nn.Module):
     reference_size: input size at which the pixel quantities are given (448).
     dropout_rate: dropout on pooled features in training only (0.5, the reference's).
     navigator_width: channels of the navigator's convolutions (128).
+    separate_part_stats: own BatchNorm running averages for the parts (fgjax.models.regions).
+    anchor_grid: 'scaled' or 'feature' (fgjax.ops.anchors; the same at 448).
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -78,6 +83,7 @@ class NTSNet(nn.Module):
   dropout_rate: float = 0.5
   navigator_width: int = 128
   separate_part_stats: bool = True
+  anchor_grid: str = 'scaled'
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False):
@@ -98,13 +104,15 @@ class NTSNet(nn.Module):
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
     batch, height, width = images.shape[:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
-        (height, width), self.pad, self.part_size, self.reference_size)
+        (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
     backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
                                        bn_axis_name=self.bn_axis_name,
                                        separate_part_stats=self.separate_part_stats)
     features = backbone(images, train)
     anchor_scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
-                                     width=self.navigator_width, dtype=self.dtype)
+                                     width=self.navigator_width, dtype=self.dtype,
+                                     grid=self.anchor_grid,
+                                     reference_size=self.reference_size)
 
     indices, valid, boxes, part_features = regions.zoom_and_describe(
         backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,

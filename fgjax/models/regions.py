@@ -37,22 +37,31 @@ def check_counts(kept: int, total: int, kept_name: str, total_name: str) -> None
     raise ValueError(f'Need 0 < {kept_name} <= {total_name}, got {kept}, {total}.')
 
 
-def navigate(stage4, num_anchors: int, image_hw, *, width: int, dtype):
-  """NTS-Net's navigator (submodule 'navigator' of the calling model): scores [B, A]."""
-  scores = navigator_lib.Navigator(width=width, dtype=dtype, name='navigator')(stage4)
+def navigate(stage4, num_anchors: int, image_hw, *, width: int, dtype, grid: str,
+             reference_size: int):
+  """NTS-Net's navigator (submodule 'navigator' of the calling model): scores [B, A].
+
+  `grid` is the anchor grid ('scaled' or 'feature', fgjax.ops.anchors).
+  """
+  first = None
+  if grid == 'scaled':
+    first = anchors_lib.grid_sizes(image_hw, grid=grid, reference_size=reference_size)[0]
+  scores = navigator_lib.Navigator(width=width, dtype=dtype, grid=first,
+                                   name='navigator')(stage4)
   if scores.shape[1] != num_anchors:
     raise ValueError(f'{scores.shape[1]} navigator scores for {num_anchors} anchors at input '
                      f'{image_hw[0]}x{image_hw[1]}: the backbone stride is not 32.')
   return scores
 
 
-def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int):
+def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int, grid: str):
   """NTS-Net's anchors [A, 4] for this input, and the padding and part side in pixels.
 
   `pad` and `part_size` are given at `reference_size` (448) and scaled to the input
-  (fgjax.ops.anchors.scale_to_input).
+  (fgjax.ops.anchors.scale_to_input); `grid` is 'scaled' or 'feature' (fgjax.ops.anchors).
   """
-  anchors, pad_px = anchors_lib.region_anchors(image_hw, pad, reference_size=reference_size)
+  anchors, pad_px = anchors_lib.region_anchors(image_hw, pad, reference_size=reference_size,
+                                               grid=grid)
   return anchors, pad_px, anchors_lib.scale_to_input(part_size, image_hw, reference_size)
 
 

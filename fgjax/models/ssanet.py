@@ -45,7 +45,7 @@ Loss per example: global CE + ranking + concat CE + mean part CE (NTS-Net's, equ
 + L_mac. Dropout (`dropout_rate`) on g and on the part features in training only, as in
 fgjax.models.nts. Sizes: at 448 with ResNet-50, g has 3 * (2048 + 3 * 256) = 8448
 channels and there are 1614 anchors; at 64 x 64 with resnet_tiny, stage4 is 2 x 2, with
-39 anchors and 32 px parts.
+1614 anchors (39 with anchor_grid='feature', as fgjax.models.nts) and 32 px parts.
 """
 
 from typing import Any, Sequence
@@ -195,7 +195,8 @@ class SSANet(nn.Module):
     mac_kernel: morphology window in stage4 cells (3).
     mac_weight: weight of L_mac (1.0).
     proposal_num, cat_num, nms_iou, part_size, pad, reference_size, dropout_rate,
-    navigator_width: as in fgjax.models.nts.NTSNet (6, 4, 0.25, 224, 224, 448, 0.5, 128).
+    navigator_width, separate_part_stats, anchor_grid: as in fgjax.models.nts.NTSNet
+    (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'scaled').
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -222,6 +223,7 @@ class SSANet(nn.Module):
   dropout_rate: float = 0.5
   navigator_width: int = 128
   separate_part_stats: bool = True
+  anchor_grid: str = 'scaled'
 
   def _image_descriptor(self, features):
     """g [B, G] float32 and the DSM/OP diagnostics (steps 2 and 3)."""
@@ -261,7 +263,7 @@ class SSANet(nn.Module):
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
     batch, height, width = images.shape[:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
-        (height, width), self.pad, self.part_size, self.reference_size)
+        (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
     backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
                                        bn_axis_name=self.bn_axis_name,
                                        separate_part_stats=self.separate_part_stats)
@@ -269,7 +271,9 @@ class SSANet(nn.Module):
     g, outputs = self._image_descriptor(features)
 
     anchor_scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
-                                     width=self.navigator_width, dtype=self.dtype)
+                                     width=self.navigator_width, dtype=self.dtype,
+                                     grid=self.anchor_grid,
+                                     reference_size=self.reference_size)
     if self.use_mac:
       mask = object_mask(features['stage4'], self.mac_kernel)
       inside = anchor_inside_fraction(mask, anchors, (height, width))

@@ -14,17 +14,23 @@ ordered per level, then channel-major with channel = scale_idx * len(ratios) + r
 then y, then x: the order of a PyTorch NCHW score map flattened per level. At 448 x 448
 this gives 14*14*6 + 7*7*6 + 4*4*9 = 1614 boxes, exactly NTS-Net's.
 
-Other input sizes (our reading): the strides are those of the feature maps that score the
-boxes (32, 64, 128: the backbone's output stride and two stride-2 convolutions), so the grid
-always matches the score maps; the box sizes are scaled by `min(H, W) / 448` so that a box
-covers the same fraction of the image as in NTS-Net; the padding (224 at 448) scales the
-same way. At 448 every number is NTS-Net's.
+Other input sizes (our reading): box sizes are scaled by `min(H, W) / 448`, so that a box
+covers the same fraction of the image as in NTS-Net, and the padding (224 at 448) scales the
+same way. Two grids (`grid=`; at 448 both are NTS-Net's):
+
+- 'scaled' (default): the strides scale too, so the whole layout is NTS-Net's 448 layout
+  shrunk or stretched to the input: 14 x 14 / 7 x 7 / 4 x 4 cells and 1614 boxes on a square
+  input of any size. The navigator resizes its feature map to the first grid.
+- 'feature': the strides stay 32/64/128, the strides of the backbone map and the
+  navigator's two stride-2 convolutions, so no resizing is needed; but on small inputs the
+  grid is coarse while the boxes shrink: at 64 x 64, 39 boxes of 7-53 px on a 32-px grid
+  leave gaps: on the demo data 19 % of the class glyphs lie inside no box at all, and the
+  smallest box holding a glyph is 2.7 times its side (1.5 times with 'scaled').
 
 Everything here runs in NumPy at trace time: the boxes depend on static shapes only.
 """
 
 import dataclasses
-import math
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -80,23 +86,42 @@ def scale_to_input(pixels: float, image_size, reference_size: int = REFERENCE_SI
   return max(1, scaled) if pixels > 0 else 0
 
 
-def grid_sizes(image_size, levels: Sequence[AnchorLevel] = NTS_LEVELS) -> list[tuple[int, int]]:
-  """Cells per level: (ceil(H / stride), ceil(W / stride))."""
+GRIDS = ('scaled', 'feature')
+
+
+def _check_grid(grid: str) -> None:
+  if grid not in GRIDS:
+    raise ValueError(f'Unknown anchor grid {grid!r}; valid: {", ".join(map(repr, GRIDS))}.')
+
+
+def grid_sizes(image_size, levels: Sequence[AnchorLevel] = NTS_LEVELS, grid: str = 'feature',
+               reference_size: int = REFERENCE_SIZE) -> list[tuple[int, int]]:
+  """Cells per level: (ceil(H / stride), ceil(W / stride)).
+
+  With grid='scaled' the stride is `stride * min(H, W) / reference_size` (computed in
+  integers, so a square input always gets the reference grid).
+  """
+  _check_grid(grid)
   height, width = _as_hw(image_size)
-  return [(math.ceil(height / lv.stride), math.ceil(width / lv.stride)) for lv in levels]
+  # ceil(n / (stride * m / ref)) = ceil(n * ref / (stride * m)), exact in integers.
+  num, den = (reference_size, min(height, width)) if grid == 'scaled' else (1, 1)
+  return [(-(-height * num // (lv.stride * den)), -(-width * num // (lv.stride * den)))
+          for lv in levels]
 
 
-def num_anchors(image_size, levels: Sequence[AnchorLevel] = NTS_LEVELS) -> int:
-  """Total number of boxes; 1614 at 448 with NTS_LEVELS."""
+def num_anchors(image_size, levels: Sequence[AnchorLevel] = NTS_LEVELS, grid: str = 'feature',
+                reference_size: int = REFERENCE_SIZE) -> int:
+  """Total number of boxes; 1614 at 448 with NTS_LEVELS (at any size with grid='scaled')."""
   return sum(gh * gw * lv.boxes_per_cell
-             for (gh, gw), lv in zip(grid_sizes(image_size, levels), levels))
+             for (gh, gw), lv in zip(grid_sizes(image_size, levels, grid, reference_size), levels))
 
 
 def anchor_boxes(image_size,
                  levels: Sequence[AnchorLevel] = NTS_LEVELS,
                  size_scale: float | None = None,
                  shift: float = 0.0,
-                 reference_size: int = REFERENCE_SIZE) -> np.ndarray:
+                 reference_size: int = REFERENCE_SIZE,
+                 grid: str = 'feature') -> np.ndarray:
   """All anchors of an image, in NTS-Net's order.
 
   Args:
@@ -106,6 +131,8 @@ def anchor_boxes(image_size,
       (1 at 448).
     shift: added to every coordinate, e.g. the padding, to address a padded image.
     reference_size: the input size at which `levels` are specified.
+    grid: 'feature' (strides as given) or 'scaled' (strides scaled like the sizes by
+      min(H, W) / reference_size; module docstring).
 
   Returns:
     float32 [A, 4] boxes (y0, x0, y1, x1) in pixels. Computed in float32 like the
@@ -114,10 +141,12 @@ def anchor_boxes(image_size,
   height, width = _as_hw(image_size)
   if size_scale is None:
     size_scale = min(height, width) / reference_size
+  stride_scale = min(height, width) / reference_size if grid == 'scaled' else 1.0
   out = []
-  for (gh, gw), lv in zip(grid_sizes((height, width), levels), levels):
-    cy = (lv.stride / 2 + lv.stride * np.arange(gh)).astype(np.float32)
-    cx = (lv.stride / 2 + lv.stride * np.arange(gw)).astype(np.float32)
+  for (gh, gw), lv in zip(grid_sizes((height, width), levels, grid, reference_size), levels):
+    stride = lv.stride * stride_scale
+    cy = (stride / 2 + stride * np.arange(gh)).astype(np.float32)
+    cx = (stride / 2 + stride * np.arange(gw)).astype(np.float32)
     cy, cx = np.meshgrid(cy, cx, indexing='ij')  # [gh, gw], y-major
     for scale in lv.scales:
       for ratio in lv.aspect_ratios:
@@ -155,7 +184,8 @@ def flatten_level_scores(score_maps: Sequence[jnp.ndarray]) -> jnp.ndarray:
 
 def region_anchors(image_size, pad: int = 224,
                    levels: Sequence[AnchorLevel] = NTS_LEVELS,
-                   reference_size: int = REFERENCE_SIZE) -> tuple[np.ndarray, int]:
+                   reference_size: int = REFERENCE_SIZE,
+                   grid: str = 'feature') -> tuple[np.ndarray, int]:
   """The candidate regions of NTS-Net-style models at any input size.
 
   Args:
@@ -163,6 +193,7 @@ def region_anchors(image_size, pad: int = 224,
     pad: padding at `reference_size` (224 in NTS-Net); scaled with `scale_to_input`.
     levels: anchor levels; sizes given at `reference_size`.
     reference_size: 448.
+    grid: 'feature' or 'scaled' (module docstring).
 
   Returns:
     boxes: float32 [A, 4], integral, in input-image coordinates (may reach up to `pad_px`
@@ -171,5 +202,5 @@ def region_anchors(image_size, pad: int = 224,
   """
   pad_px = scale_to_input(pad, image_size, reference_size)
   boxes = integer_padded_anchors(image_size, pad_px, levels=levels,
-                                 reference_size=reference_size)
+                                 reference_size=reference_size, grid=grid)
   return boxes - np.float32(pad_px), pad_px
