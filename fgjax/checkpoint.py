@@ -86,6 +86,11 @@ def restore_state_only(checkpoint_dir: str, abstract_state,
   Returns:
     (state, path of the checkpoint folder it came from).
   """
+  return _restore_newest(checkpoint_dir, prefer, ocp.args.StandardRestore(abstract_state))
+
+
+def _restore_newest(checkpoint_dir: str, prefer: tuple[str, ...], restore_args):
+  """(state, path) from the newest step of the first sub-folder of `prefer` that has one."""
   checkpoint_dir = os.path.abspath(os.path.expanduser(checkpoint_dir))
   for sub in prefer:
     path = os.path.join(checkpoint_dir, sub)
@@ -95,8 +100,18 @@ def restore_state_only(checkpoint_dir: str, abstract_state,
       step = manager.latest_step()
       if step is None:
         continue
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+      restored = manager.restore(step, args=ocp.args.Composite(state=restore_args))
       return restored['state'], os.path.join(path, str(step))
+  looked = ', '.join(p + '/' for p in prefer if p)
+  itself = ' and the folder itself' if '' in prefer else ''
   raise FileNotFoundError(f'No checkpoint found under {checkpoint_dir} (looked in '
-                          f'{", ".join(p + "/" for p in prefer if p)} and the folder itself).')
+                          f'{looked}{itself}).')
+
+
+def restore_raw(checkpoint_dir: str, prefer: tuple[str, ...] = ('checkpoints', 'best')):
+  """A run's newest (else best) saved train state as saved, without a restore target.
+
+  For reading parts of a run of another model (fgjax.models.pretrained). Returns
+  (the state as nested dicts of NumPy arrays, path of the checkpoint folder).
+  """
+  return _restore_newest(checkpoint_dir, prefer, ocp.args.StandardRestore())

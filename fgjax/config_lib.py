@@ -36,7 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = 'resnet'  # Method: see fgjax.models.MODELS.
   c.model.backbone = 'resnet50'  # See fgjax.models.resnet.BACKBONES.
   c.model.dtype = 'float32'  # Computation dtype: 'float32' or 'bfloat16' (params stay float32).
-  c.model.pretrained_path = ''  # torchvision ResNet weights (.pth or .npz); '' trains from scratch.
+  # torchvision ResNet weights (.pth or .npz), or a fgjax workdir whose backbone to start
+  # from (any method); '' trains from scratch.
+  c.model.pretrained_path = ''
   c.model.init_from = ''  # A checkpoint folder of another run to start from (params only).
 
   # NTS-Net (fgjax/models/nts.py). Pixel sizes are given at reference_size and scaled
@@ -51,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.nts.dropout_rate = 0.5  # Dropout on pooled features, training only.
   c.model.nts.navigator_width = 128  # Channels of the navigator's convolutions.
   c.model.nts.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
-  c.model.nts.anchor_grid = 'scaled'  # 'scaled': NTS-Net's 448 layout at any size; 'feature'.
+  c.model.nts.anchor_grid = 'feature'  # Strides of the maps; 'scaled': the 448 layout at any size.
 
   # FDL, "Learning to Focus and Discriminate" (fgjax/models/fdl.py).
   c.model.fdl = ml_collections.ConfigDict()
@@ -69,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.fdl.region_size = ml_collections.config_dict.placeholder(int)
   c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
   c.model.fdl.separate_part_stats = True  # Own BatchNorm running averages for regions (README).
-  c.model.fdl.anchor_grid = 'scaled'  # As model.nts.anchor_grid (with region_size None).
+  c.model.fdl.anchor_grid = 'feature'  # As model.nts.anchor_grid (with region_size None).
 
   # SSANet (fgjax/models/ssanet.py): our reading of the abstract; see README.md.
   c.model.ssanet = ml_collections.ConfigDict()
@@ -94,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ssanet.dropout_rate = 0.5  # Dropout on pooled features, training only.
   c.model.ssanet.navigator_width = 128  # Channels of the proposal scorer's convolutions.
   c.model.ssanet.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
-  c.model.ssanet.anchor_grid = 'scaled'  # As model.nts.anchor_grid.
+  c.model.ssanet.anchor_grid = 'feature'  # As model.nts.anchor_grid.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
@@ -154,6 +156,44 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
   c.train.lr_decay_factor = 0.1
   c.train.momentum = 0.9
   c.train.weight_decay = 5e-4
+  return c
+
+
+def demo_recipe(method: str = 'resnet', finetune: bool = False) -> ml_collections.ConfigDict:
+  """The built-in demo: synthetic data, resnet_tiny at 64 px, 2 CPU cores.
+
+  From scratch (configs/demo.py): 20 epochs, lr 0.1 with 2 warm-up epochs (the region
+  models sum 3-4 losses through the backbone; without a warm-up lr 0.1 kills their ReLUs
+  in the first epoch), x0.1 at epoch 14. `finetune=True` (configs/demo_finetune.py):
+  start from the backbone of the workdir runs/demo, 10 epochs at lr 0.01 for every
+  layer, x0.1 at epoch 7, no warm-up.
+  """
+  if method not in METHODS:
+    raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
+  c = base_config()
+  c.data.name = 'demo'
+  c.data.data_dir = '~/tensorflow_datasets'
+  c.data.image_size = 64
+  c.data.resize_size = 72
+  c.model.name = method
+  c.model.backbone = 'resnet_tiny'
+  c.train.batch_size = 32
+  c.train.epochs = 20
+  c.train.base_lr = 0.1
+  c.train.warmup_epochs = 2.0
+  c.train.lr_decay_epochs = 14
+  c.train.weight_decay = 1e-4
+  c.train.log_every_steps = 25
+  c.train.eval_every_epochs = 5
+  c.train.checkpoint_every_steps = 250
+  c.eval.batch_size = 100
+  if finetune:
+    c.model.pretrained_path = 'runs/demo'
+    c.train.epochs = 10
+    c.train.base_lr = 0.01
+    c.train.pretrained_lr_mult = 1.0  # The demo backbone saw 2,000 images: tune it fully.
+    c.train.warmup_epochs = 0.0
+    c.train.lr_decay_epochs = 7
   return c
 
 

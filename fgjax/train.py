@@ -2,8 +2,9 @@
 
 Resume order (first that applies): the newest checkpoint in the workdir (state
 and data iterator: exact resume) -> `model.init_from` (params and BatchNorm
-statistics of another run) -> `model.pretrained_path` (torchvision backbone
-weights) -> random initialisation.
+statistics of another run of the same model) -> `model.pretrained_path` (torchvision
+backbone weights, or the backbone of another fgjax run of any method) -> random
+initialisation.
 """
 
 import functools
@@ -223,8 +224,14 @@ def _initial_state(config, ckpt, state, train_iter):
     return state.replace(params=restored.params, batch_stats=restored.batch_stats)
   if config.model.pretrained_path:
     from fgjax.models import pretrained  # pylint: disable=g-import-not-at-top
-    variables = pretrained.load_pretrained_backbone(
-        config.model.pretrained_path,
-        {'params': state.params, 'batch_stats': state.batch_stats})
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    if not os.path.exists(os.path.expanduser(config.model.pretrained_path)):
+      raise FileNotFoundError(
+          f'config.model.pretrained_path={config.model.pretrained_path!r} does not exist '
+          f'(expected torchvision weights or a fgjax workdir).')
+    if pretrained.is_fgjax_run(config.model.pretrained_path):
+      variables = pretrained.load_backbone_from_run(config.model.pretrained_path, variables)
+    else:
+      variables = pretrained.load_pretrained_backbone(config.model.pretrained_path, variables)
     return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
   return state

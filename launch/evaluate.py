@@ -1,7 +1,7 @@
 r"""Evaluates a trained run on its eval split (exact: every image counts once).
 
   python launch/evaluate.py --workdir=runs/cub_fdl [--checkpoint=best|latest] \
-      [--split=test] [--batch_size=64]
+      [--split=test] [--batch_size=64] [--demo_glyphs]
 
 Reads the run's config.json; prints accuracy and loss, and the checkpoint used; for the
 region models also each classifier head's own accuracy and each loss term.
@@ -15,6 +15,8 @@ flags.DEFINE_string('workdir', None, 'The run to evaluate.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
 flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval split).')
 flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: the config\'s).')
+flags.DEFINE_bool('demo_glyphs', False, 'Demo data, region models: also report how often '
+                  'the kept boxes hold the class glyph (inference.demo_glyph_coverage).')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -32,6 +34,13 @@ def main(argv):
            if k.startswith(('accuracy_', 'loss_')) and isinstance(v, float)}
   for key in sorted(extra):  # Region models: each head's own accuracy, each loss term.
     print(f'  {key}: {extra[key]:.4f}')
+  if FLAGS.demo_glyphs:
+    run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+    coverage = inference.demo_glyph_coverage(run, split=FLAGS.split or run.config.data.eval_split)
+    count = coverage.pop('count')
+    print(f'glyph inside a box (>= 90 % of its area), fraction of {count} images:')
+    for key, value in coverage.items():
+      print(f'  {key}: {value:.3f}')
 
 
 if __name__ == '__main__':

@@ -17,6 +17,15 @@ def test_configs_validate(name, method):
   assert (config.data.name, config.model.name) == (name, method)
 
 
+@pytest.mark.parametrize('method', config_lib.METHODS)
+def test_demo_finetune_config_starts_from_the_demo_run(method):
+  config = importlib.import_module('configs.demo_finetune').get_config(method)
+  config_lib.validate(config)
+  assert (config.data.name, config.model.name) == ('demo', method)
+  assert config.model.pretrained_path == 'runs/demo'
+  assert (config.train.epochs, config.train.base_lr, config.train.pretrained_lr_mult) == (10, 0.01, 1.0)
+
+
 def test_unknown_method_after_colon_lists_valid_ones():
   with pytest.raises(ValueError, match=r"'ntsnet'.*'fdl'"):
     importlib.import_module('configs.cub').get_config('ntsnet')

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import PIL.Image
 import pytest
@@ -85,3 +86,70 @@ def test_predict_command_line(trained_run, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   row = json.loads(out.read_text())
   assert row['file'].endswith('x.png') and len(row['top_k']) == 2
+
+
+def test_demo_glyph_boxes_hold_the_class_pattern():
+  ink = np.array([20, 20, 30])
+  for (img, label, _), (x0, y0, x1, y1) in zip(demo.generate_split('test', 12),
+                                              demo.glyph_boxes('test', 12)):
+    inner = img[int(y0) + 1:int(y1) - 1, int(x0) + 1:int(x1) - 1]   # Inside the border.
+    cells = np.abs(inner.astype(int) - ink).sum(-1) < 5
+    cell = demo.GLYPH_CELL
+    np.testing.assert_array_equal(cells[cell // 2::cell, cell // 2::cell],
+                                  demo.PATTERNS[label])
+
+
+def test_glyph_hits_matches_a_loop():
+  rng = np.random.default_rng(0)
+  glyphs = rng.uniform(0, 50, size=(20, 2))
+  glyphs = np.concatenate([glyphs, glyphs + rng.uniform(2, 8, size=(20, 2))], 1)
+  boxes = rng.uniform(0, 50, size=(20, 5, 2))
+  boxes = np.concatenate([boxes, boxes + rng.uniform(1, 30, size=(20, 5, 2))], -1)
+  boxes[0, 0] = glyphs[0]  # Exactly the glyph: found.
+  got = inference.glyph_hits(boxes, glyphs, inside=0.9)
+  for n in range(20):
+    gy0, gx0, gy1, gx1 = glyphs[n]
+    for r in range(5):
+      by0, bx0, by1, bx1 = boxes[n, r]
+      overlap = max(0.0, min(gy1, by1) - max(gy0, by0)) * max(0.0, min(gx1, bx1) - max(gx0, bx0))
+      assert got[n, r] == (overlap >= 0.9 * (gy1 - gy0) * (gx1 - gx0)), (n, r)
+  assert got[0, 0] and 0 < got.mean() < 1
+
+
+def test_demo_glyph_coverage(trained_run):
+  workdir, _ = trained_run
+  run = inference.load_run(workdir)
+  coverage = inference.demo_glyph_coverage(run)
+  assert coverage['count'] == 37
+  ranks = [coverage[f'rank_{r}'] for r in range(6)]
+  assert coverage['any'] >= coverage['any_top'] >= max(ranks[:4])
+  assert coverage['best_anchor'] >= coverage['any']
+  assert all(0 <= v <= 1 for v in ranks)
+
+
+def test_region_model_starts_from_another_runs_backbone(trained_run, tmp_path):
+  from fgjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
+  workdir, _ = trained_run
+  source = inference.load_run(workdir, 'latest')           # An fdl run.
+  config = inference.load_config(workdir)
+  config.unlock()
+  config.model.name = 'nts'
+  config.model.pretrained_path = workdir
+  config.lock()
+  model, _, tx = train.build_model_and_optimizer(config, 10, steps_per_epoch=1)
+  fresh = ts.create_train_state(model, tx, jax.random.key(5), config.data.image_size)
+  state = train._initial_state(config, checkpoint.Checkpointer(str(tmp_path), 1), fresh, None)
+  for got, want in zip(jax.tree.leaves(state.params['backbone']),
+                       jax.tree.leaves(source.state.params['backbone'])):
+    np.testing.assert_array_equal(got, want)
+  for got, want in zip(jax.tree.leaves(state.batch_stats['backbone']),
+                       jax.tree.leaves(source.state.batch_stats['backbone'])):
+    np.testing.assert_array_equal(got, want)   # Both runs keep image and part statistics.
+  for got, want in zip(jax.tree.leaves(state.params['navigator']),
+                       jax.tree.leaves(fresh.params['navigator'])):
+    np.testing.assert_array_equal(got, want)
+  config.unlock()
+  config.model.pretrained_path = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError, match='pretrained_path=.*missing'):
+    train._initial_state(config, checkpoint.Checkpointer(str(tmp_path / 'w'), 1), fresh, None)

@@ -38,7 +38,7 @@ def test_nts_shapes_and_deterministic_eval(nts_setup):
   assert out['part_logits'].shape == (2, 6, NUM_CLASSES)
   assert out['part_scores'].shape == out['box_valid'].shape == (2, 6)
   assert out['boxes'].shape == (2, 6, 4)
-  assert out['anchor_scores'].shape == (2, 1614)  # The 'scaled' grid: NTS-Net's layout.
+  assert out['anchor_scores'].shape == (2, 39)  # 2*2*6 + 1*1*6 + 1*1*9 anchors at 64.
   boxes = np.asarray(out['boxes'])
   np.testing.assert_array_equal(boxes, np.floor(boxes))  # NTS-Net's integer boxes.
   assert boxes.min() >= -32 and boxes.max() <= 64 + 32   # Within the scaled padding.
@@ -80,10 +80,12 @@ def test_nts_navigator_learns_only_from_ranking(nts_setup):
     assert total(from_rank[name]) == 0.0, name
 
 
-def test_nts_feature_grid_keeps_the_navigator_maps():
-  model = nts.NTSNet(num_classes=NUM_CLASSES, backbone='resnet_tiny', anchor_grid='feature')
-  out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x), IMAGES)
-  assert out['anchor_scores'].shape == (2, 39)  # 2*2*6 + 1*1*6 + 1*1*9 anchors at 64.
+def test_nts_scaled_grid_has_nts_layout_at_64():
+  model = nts.NTSNet(num_classes=NUM_CLASSES, backbone='resnet_tiny', anchor_grid='scaled')
+  out = jax.jit(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0])(IMAGES)
+  assert out['anchor_scores'].shape == (2, 1614)  # The 2 x 2 map resized to 14 x 14.
+  boxes = np.asarray(out['boxes'])
+  assert boxes.min() >= -32 and boxes.max() <= 64 + 32
 
 
 def test_nts_at_448_has_nts_numbers():

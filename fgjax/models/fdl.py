@@ -13,8 +13,8 @@ equal weights. The selection is discrete (NMS) and the crops are gradient-stoppe
 attention influences training only through which regions are chosen, as in the paper.
 
 Our readings, each with its switch:
-- Region candidates (`region_size=None`): NTS-Net's anchors (1614 at 448, and at any square
-  size with the default `anchor_grid='scaled'`, as fgjax.models.nts), each scored by the
+- Region candidates (`region_size=None`): NTS-Net's anchors (1614 at 448; `anchor_grid` as in
+  fgjax.models.nts), each scored by the
   mean of the smoothed M, upsampled to the input by replication, inside the box (summed-area
   table; METHOD_NOTES). The paper's text says instead that "each pixel in M corresponds to a
   region" and gives the localized regions as 160 x 160 at 448: `region_size=160` uses one
@@ -77,7 +77,7 @@ class FDL(nn.Module):
       `reference_size` (the paper's 160) for one square region per map cell.
     classifier_bias: whether the image classifier has a bias.
     separate_part_stats: own BatchNorm running averages for the regions (fgjax.models.regions).
-    anchor_grid: 'scaled' or 'feature' (fgjax.ops.anchors); used with region_size=None.
+    anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors); used with region_size=None.
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -96,7 +96,7 @@ class FDL(nn.Module):
   region_size: int | None = None
   classifier_bias: bool = True
   separate_part_stats: bool = True
-  anchor_grid: str = 'scaled'
+  anchor_grid: str = 'feature'
 
   def _candidates(self, attention, image_hw):
     """Candidate boxes [A, 4] (input pixels), their scores [B, A] and the padding."""

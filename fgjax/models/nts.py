@@ -16,13 +16,13 @@ parts of the part CE. The navigator's input and the crops are gradient-stopped, 
 navigator learns only from the ranking loss and the ranking loss reaches nothing else.
 
 Sizes (our reading): pixel quantities (`pad`, `part_size`, the anchor sizes) are given at
-`reference_size` = 448 and scaled by min(H, W) / 448. With `anchor_grid='scaled'` (default)
-the anchor strides scale too, so every square input gets NTS-Net's 1614 boxes, shrunk, and
-the navigator resizes its map to the 14 x 14 grid; 'feature' keeps the strides 32/64/128 of
-the navigator's own maps (39 anchors at 64 x 64; fgjax.ops.anchors says why that is worse).
-At 448 both are NTS-Net's. At 64 with resnet_tiny: 32 px of padding and 32 x 32 parts. As in
-the reference, the anchors are floored to integers after padding, and NMS and crops use
-those boxes.
+`reference_size` = 448 and scaled by min(H, W) / 448. The anchor strides stay 32/64/128,
+those of the navigator's maps (`anchor_grid='feature'`: 39 anchors at 64 x 64);
+`anchor_grid='scaled'` scales them too, so every square input gets NTS-Net's 1614 boxes and
+the navigator resizes its map to the 14 x 14 grid (fgjax.ops.anchors compares the two on
+the demo). At 448 both are NTS-Net's. At 64 with resnet_tiny: 32 px of padding and 32 x 32
+parts. As in the reference, the anchors are floored to integers after padding, and NMS and
+crops use those boxes.
 
 Dropout (fixing the reference's defect): the reference applies dropout(0.5) to the pooled
 features of images and parts in a layer that stays in training mode at test time. Here it
@@ -68,7 +68,7 @@ class NTSNet(nn.Module):
     dropout_rate: dropout on pooled features in training only (0.5, the reference's).
     navigator_width: channels of the navigator's convolutions (128).
     separate_part_stats: own BatchNorm running averages for the parts (fgjax.models.regions).
-    anchor_grid: 'scaled' or 'feature' (fgjax.ops.anchors; the same at 448).
+    anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors; the same at 448).
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -83,7 +83,7 @@ class NTSNet(nn.Module):
   dropout_rate: float = 0.5
   navigator_width: int = 128
   separate_part_stats: bool = True
-  anchor_grid: str = 'scaled'
+  anchor_grid: str = 'feature'
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False):

@@ -404,3 +404,52 @@ def load_pretrained_backbone(source: PathLike | Mapping[str, Any],
   for collection, tree in converted.items():
     new[collection] = _replace_subtree(variables[collection], backbone_path, tree)
   return new
+
+
+def is_fgjax_run(path: PathLike) -> bool:
+  """Whether `path` is a fgjax workdir (a folder with config.json), not a weight file."""
+  path = os.path.expanduser(os.fspath(path))
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, 'config.json'))
+
+
+def load_backbone_from_run(workdir: PathLike, variables: Mapping[str, Any]):
+  """Returns `variables` with the 'backbone' taken from another fgjax run's checkpoint.
+
+  The source run may be any method with the same backbone architecture, e.g. a demo
+  `resnet` run whose backbone a region model then fine-tunes, the way the papers start
+  from ImageNet weights. Its newest checkpoint is read (else its best one). BatchNorm
+  running averages come from the source's image statistics (domain 0) and are copied
+  into every statistics domain of the target, as for torchvision weights.
+  """
+  from fgjax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = os.path.expanduser(os.fspath(workdir))
+  raw, where = checkpoint.restore_raw(workdir)
+  new = dict(variables)
+  for collection in ('params', 'batch_stats'):
+    source = _subtree(raw.get(collection, {}), ('backbone',))
+    target = _subtree(variables.get(collection, {}), ('backbone',))
+    if target is None:
+      continue
+    if source is None:
+      raise KeyError(f'{where}: no {collection}/backbone in the checkpoint; is it a run of a '
+                     f'fgjax model?')
+    src_flat = traverse_util.flatten_dict(source)
+    tgt_flat = traverse_util.flatten_dict(target)
+    missing = sorted(set(tgt_flat) - set(src_flat))
+    extra = sorted(set(src_flat) - set(tgt_flat))
+    if missing or extra:
+      raise ValueError(f'{where}: the backbone differs from this model\'s ({collection}): '
+                       f'missing {missing[:3]}, unexpected {extra[:3]} (same model.backbone?).')
+    loaded = {}
+    for key, want in tgt_flat.items():
+      value = np.asarray(src_flat[key], dtype=want.dtype)
+      if collection == 'batch_stats' and value.shape != want.shape:
+        value = value if value.ndim == 1 else value[0]   # The source's image domain.
+        value = np.broadcast_to(value, want.shape).copy()
+      if value.shape != want.shape:
+        raise ValueError(f'{where}: {collection}/backbone/{"/".join(key)} has shape '
+                         f'{value.shape}, this model needs {tuple(want.shape)}.')
+      loaded[key] = value
+    new[collection] = _replace_subtree(variables[collection], ('backbone',),
+                                       traverse_util.unflatten_dict(loaded))
+  return new

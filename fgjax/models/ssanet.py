@@ -45,7 +45,7 @@ Loss per example: global CE + ranking + concat CE + mean part CE (NTS-Net's, equ
 + L_mac. Dropout (`dropout_rate`) on g and on the part features in training only, as in
 fgjax.models.nts. Sizes: at 448 with ResNet-50, g has 3 * (2048 + 3 * 256) = 8448
 channels and there are 1614 anchors; at 64 x 64 with resnet_tiny, stage4 is 2 x 2, with
-1614 anchors (39 with anchor_grid='feature', as fgjax.models.nts) and 32 px parts.
+39 anchors (1614 with anchor_grid='scaled', as fgjax.models.nts) and 32 px parts.
 """
 
 from typing import Any, Sequence
@@ -196,7 +196,7 @@ class SSANet(nn.Module):
     mac_weight: weight of L_mac (1.0).
     proposal_num, cat_num, nms_iou, part_size, pad, reference_size, dropout_rate,
     navigator_width, separate_part_stats, anchor_grid: as in fgjax.models.nts.NTSNet
-    (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'scaled').
+    (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'feature').
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -223,7 +223,7 @@ class SSANet(nn.Module):
   dropout_rate: float = 0.5
   navigator_width: int = 128
   separate_part_stats: bool = True
-  anchor_grid: str = 'scaled'
+  anchor_grid: str = 'feature'
 
   def _image_descriptor(self, features):
     """g [B, G] float32 and the DSM/OP diagnostics (steps 2 and 3)."""
