@@ -200,7 +200,9 @@ def demo_glyph_coverage(run: Run, split: str = 'test', inside: float = 0.9) -> d
   A glyph counts as found by a box when at least `inside` of its area lies in it.
   Returns 'rank_r' (box ranked r), 'any_top' (any of the boxes the prediction uses:
   cat_num / hybrid_regions), 'any' (any kept box) and 'best_anchor' (some candidate
-  box at all: the ceiling the anchor grid allows), each a fraction of the split.
+  box at all: the ceiling the anchor grid allows), each a fraction of the split; and
+  'same_rank_0', the share of images whose top box is the most common one (1.0: the
+  model zooms into one fixed box whatever the image).
   """
   if run.config.data.name != 'demo':
     raise ValueError(f'Glyph coverage needs the demo data set, not {run.config.data.name!r}.')
@@ -237,8 +239,10 @@ def demo_glyph_coverage(run: Run, split: str = 'test', inside: float = 0.9) -> d
   best = glyph_hits(np.broadcast_to(candidates, (len(glyphs),) + candidates.shape), glyphs,
                     inside).any(1)
   out = {f'rank_{r}': float(hits[:, r].mean()) for r in range(hits.shape[1])}
+  _, counts = np.unique(np.asarray(boxes)[:, 0], axis=0, return_counts=True)
   out.update(any_top=float(hits[:, :num_top].any(1).mean()), any=float(hits.any(1).mean()),
-             best_anchor=float(best.mean()), count=len(glyphs))
+             best_anchor=float(best.mean()), same_rank_0=float(counts.max() / len(glyphs)),
+             count=len(glyphs))
   return out
 
 

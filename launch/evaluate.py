@@ -38,9 +38,11 @@ def main(argv):
     run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
     coverage = inference.demo_glyph_coverage(run, split=FLAGS.split or run.config.data.eval_split)
     count = coverage.pop('count')
+    same = coverage.pop('same_rank_0')
     print(f'glyph inside a box (>= 90 % of its area), fraction of {count} images:')
     for key, value in coverage.items():
       print(f'  {key}: {value:.3f}')
+    print(f'images whose top box is the most common one: {same:.3f}')
 
 
 if __name__ == '__main__':

@@ -125,6 +125,7 @@ def test_demo_glyph_coverage(trained_run):
   assert coverage['any'] >= coverage['any_top'] >= max(ranks[:4])
   assert coverage['best_anchor'] >= coverage['any']
   assert all(0 <= v <= 1 for v in ranks)
+  assert 1 / 37 <= coverage['same_rank_0'] <= 1
 
 
 def test_region_model_starts_from_another_runs_backbone(trained_run, tmp_path):
