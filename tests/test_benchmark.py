@@ -1,4 +1,4 @@
-"""benchmark_lib on tiny inputs: record fields and counts, never timings."""
+"""benchmark_lib and benchmark_input on tiny inputs: record fields and counts, never timings."""
 
 import json
 
@@ -6,27 +6,28 @@ import jax
 import numpy as np
 import pytest
 
+from fgjax import benchmark_input
 from fgjax import benchmark_lib
 
 
 @pytest.fixture(scope='module')
 def tiny_source():
-  return benchmark_lib.SyntheticJpegSource(num_images=4, size=(40, 30), num_classes=3)
+  return benchmark_input.SyntheticJpegSource(num_images=4, size=(40, 30), num_classes=3)
 
 
 def test_synthetic_source_is_deterministic_photo_like_jpeg(tiny_source):
-  again = benchmark_lib.SyntheticJpegSource(num_images=4, size=(40, 30), num_classes=3)
+  again = benchmark_input.SyntheticJpegSource(num_images=4, size=(40, 30), num_classes=3)
   assert tiny_source.images == again.images
   example = tiny_source[3]
   assert example['image'][:2] == b'\xff\xd8' and example['crop_bottom'] == 0
   assert example['label'] == 0  # 3 % 3.
-  photo = benchmark_lib.synthetic_photo(np.random.default_rng(0), 64, 48)
+  photo = benchmark_input.synthetic_photo(np.random.default_rng(0), 64, 48)
   assert photo.shape == (48, 64, 3) and photo.dtype == np.uint8
   assert photo.std() > 20  # Textured content, not a solid colour.
 
 
 def test_data_mode_counts(tiny_source):
-  records = benchmark_lib.benchmark_data(tiny_source, workers=[0], batch_size=2, num_batches=2,
+  records = benchmark_input.benchmark_data(tiny_source, workers=[0], batch_size=2, num_batches=2,
                                          warmup_batches=1, image_size=32, resize_size=36)
   (r,) = records
   assert r['mode'] == 'data' and r['workers'] == 0
@@ -38,7 +39,7 @@ def test_data_mode_counts(tiny_source):
 
 
 def test_decode_mode_pipeline_matches_full_resize(tiny_source):
-  records = benchmark_lib.benchmark_decode(tiny_source, image_size=32, resize_size=36,
+  records = benchmark_input.benchmark_decode(tiny_source, image_size=32, resize_size=36,
                                            min_seconds=0.0, max_images=2)
   assert [r['stage'] for r in records][-1] == 'train_transform (pipeline)'
   assert all(r['images'] == 1 for r in records)
