@@ -125,6 +125,11 @@ def base_config() -> ml_collections.ConfigDict:
 METHODS = ('resnet', 'nts', 'fdl', 'ssanet')
 
 
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
+
+
 def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.ConfigDict:
   """The NTS-Net / FDL training recipe on a real data set, ResNet-50 at 448.
 
@@ -139,8 +144,7 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
     dataset: 'cub', 'aircraft' or 'cars'.
     method: `model.name`, given after the config path: `--config=configs/cub.py:fdl`.
   """
-  if method not in METHODS:
-    raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
+  _check_method(method)
   c = base_config()
   c.data.name = dataset
   c.model.name = method
@@ -168,8 +172,7 @@ def demo_recipe(method: str = 'resnet', finetune: bool = False) -> ml_collection
   start from the backbone of the workdir runs/demo, 10 epochs at lr 0.01 for every
   layer, x0.1 at epoch 7, no warm-up.
   """
-  if method not in METHODS:
-    raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
+  _check_method(method)
   c = base_config()
   c.data.name = 'demo'
   c.data.data_dir = '~/tensorflow_datasets'

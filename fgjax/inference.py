@@ -224,9 +224,8 @@ def demo_glyph_coverage(run: Run, split: str = 'test', inside: float = 0.9) -> d
     raise ValueError(f'Model {run.config.model.name!r} has no regions.')
   hits = glyph_hits(boxes, glyphs, inside)                                  # [N, m]
   method = run.config.model.name
-  top = {'nts': 'cat_num', 'ssanet': 'cat_num', 'fdl': 'hybrid_regions'}[method]
-  num_top = run.config.model[method][top]
   settings = run.config.model[method]
+  num_top = settings[{'nts': 'cat_num', 'ssanet': 'cat_num', 'fdl': 'hybrid_regions'}[method]]
   levels, grid = anchors_lib.NTS_LEVELS, settings.anchor_grid
   if method == 'fdl' and settings.region_size is not None:  # One box per map cell.
     from fgjax.models import fdl  # pylint: disable=g-import-not-at-top
@@ -249,7 +248,11 @@ def demo_glyph_coverage(run: Run, split: str = 'test', inside: float = 0.9) -> d
 def evaluate_run(workdir: str, which: str = 'best', split: str | None = None,
                  batch_size: int | None = None) -> dict:
   """Exact evaluation of a run's checkpoint on `split` (default: its eval split)."""
-  run = load_run(workdir, which)
+  return evaluate_loaded(load_run(workdir, which), split, batch_size)
+
+
+def evaluate_loaded(run: Run, split: str | None = None, batch_size: int | None = None) -> dict:
+  """`evaluate_run` for a run already loaded (`load_run`); sets its config's eval split."""
   config = run.config
   config.unlock()
   if split:

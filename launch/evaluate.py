@@ -26,8 +26,8 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines only; --verbosity=0 for all logs.
   from fgjax import inference  # pylint: disable=g-import-not-at-top
-  result = inference.evaluate_run(FLAGS.workdir, which=FLAGS.checkpoint, split=FLAGS.split,
-                                  batch_size=FLAGS.batch_size)
+  run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+  result = inference.evaluate_loaded(run, split=FLAGS.split, batch_size=FLAGS.batch_size)
   print(f'{result["checkpoint"]}: accuracy {result["accuracy"]:.4f}, loss {result["loss"]:.4f} '
         f'on {result["count"]} images of split {result["split"]!r}')
   extra = {k: v for k, v in result.items()
@@ -35,8 +35,7 @@ def main(argv):
   for key in sorted(extra):  # Region models: each head's own accuracy, each loss term.
     print(f'  {key}: {extra[key]:.4f}')
   if FLAGS.demo_glyphs:
-    run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
-    coverage = inference.demo_glyph_coverage(run, split=FLAGS.split or run.config.data.eval_split)
+    coverage = inference.demo_glyph_coverage(run, split=result['split'])
     count = coverage.pop('count')
     same = coverage.pop('same_rank_0')
     print(f'glyph inside a box (>= 90 % of its area), fraction of {count} images:')

@@ -102,7 +102,7 @@ class NTSNet(nn.Module):
     """
     del labels
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
-    batch, height, width = images.shape[:3]
+    height, width = images.shape[1:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
         (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
     backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
@@ -118,19 +118,11 @@ class NTSNet(nn.Module):
         backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
         pad_px=pad_px, part_px=part_px, train=train,
         separate_stats=self.separate_part_stats)
-    part_scores = jnp.take_along_axis(anchor_scores, indices, axis=1)
-
-    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-    global_feature = dropout(features['pooled'])
-    part_features = dropout(part_features)
-    dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
-    concat = jnp.concatenate(
-        [part_features[:, :self.cat_num].reshape(batch, -1), global_feature], axis=1)
     return {
-        'logits': dense('concat_fc')(concat),
-        'global_logits': dense('fc')(global_feature),
-        'part_logits': dense('part_fc')(part_features),
-        'part_scores': part_scores,
+        **regions.concat_heads(features['pooled'], part_features, num_classes=self.num_classes,
+                               cat_num=self.cat_num, dropout_rate=self.dropout_rate,
+                               train=train),
+        'part_scores': jnp.take_along_axis(anchor_scores, indices, axis=1),
         'boxes': boxes,
         'box_valid': valid,
         'anchor_scores': anchor_scores,

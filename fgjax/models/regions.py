@@ -1,7 +1,8 @@
 """The step every region model shares: keep the best boxes, zoom in, describe them.
 
 NTS-Net, FDL and SSANet differ in how they score candidate boxes; from the scores on
-they do the same thing, written once here.
+they do the same thing, written once here. NTS-Net and SSANet also share their three
+classifiers (`concat_heads`).
 
 BatchNorm statistics of images and parts (`separate_part_stats`, our reading; default
 True): the same backbone sees whole images and zoomed parts in one step. In training
@@ -16,6 +17,7 @@ bias stay shared, and both sets start from the pretrained averages.
 False reproduces the references.
 """
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from fgjax.models import navigator as navigator_lib
@@ -93,3 +95,26 @@ def zoom_and_describe(backbone, images, boxes, scores, *, num: int, iou: float, 
   parts = crop.zoom_into_regions(images, selected, pad_px, part_px)       # [B*m, S, S, 3]
   features = backbone(parts, train, domain=1 if separate_stats else 0)['pooled']
   return indices, valid, selected, features.reshape(images.shape[0], num, -1)
+
+
+def concat_heads(global_feature, part_features, *, num_classes: int, cat_num: int,
+                 dropout_rate: float, train: bool) -> dict:
+  """NTS-Net's three classifiers (submodules 'concat_fc', 'fc', 'part_fc' of the caller).
+
+  Dropout (`dropout_rate`, training only) on the global feature [B, D] and on the part
+  features [B, m, D]; the concatenated classifier reads [top `cat_num` parts, global],
+  the layout of the reference's `concat_net` weights. Returns 'logits' [B, C] (the
+  concatenated classifier: the prediction), 'global_logits' [B, C], 'part_logits'
+  [B, m, C], all float32.
+  """
+  dropout = nn.Dropout(dropout_rate, deterministic=not train)
+  global_feature = dropout(global_feature)
+  part_features = dropout(part_features)
+  dense = lambda name: nn.Dense(num_classes, dtype=jnp.float32, name=name)
+  concat = jnp.concatenate(
+      [part_features[:, :cat_num].reshape(part_features.shape[0], -1), global_feature], axis=1)
+  return {
+      'logits': dense('concat_fc')(concat),
+      'global_logits': dense('fc')(global_feature),
+      'part_logits': dense('part_fc')(part_features),
+  }

@@ -55,11 +55,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.models import nts
 from fgjax.models import regions
 from fgjax.ops import cam_attention
 from fgjax.ops import morphology
 from fgjax.ops import oriented_pooling
-from fgjax.ops import ranking
 from fgjax.ops import scale_mining
 
 
@@ -261,7 +261,7 @@ class SSANet(nn.Module):
     """
     del labels
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
-    batch, height, width = images.shape[:3]
+    height, width = images.shape[1:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
         (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
     backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
@@ -285,15 +285,10 @@ class SSANet(nn.Module):
         pad_px=pad_px, part_px=part_px, train=train,
         separate_stats=self.separate_part_stats)
 
-    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
-    g = dropout(g)
-    part_features = dropout(part_features)
-    dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
-    concat = jnp.concatenate([part_features[:, :self.cat_num].reshape(batch, -1), g], axis=1)
     outputs.update({
-        'logits': dense('concat_fc')(concat),
-        'global_logits': dense('fc')(g),
-        'part_logits': dense('part_fc')(part_features),
+        **regions.concat_heads(g, part_features, num_classes=self.num_classes,
+                               cat_num=self.cat_num, dropout_rate=self.dropout_rate,
+                               train=train),
         'part_scores': jnp.take_along_axis(anchor_scores, indices, axis=1),
         'boxes': boxes,
         'box_valid': valid,
@@ -307,13 +302,7 @@ class SSANet(nn.Module):
 
     'loss_mac' is zero when the model was built with use_mac=False.
     """
-    part_ce = ranking.part_cross_entropy(outputs['part_logits'], labels)   # [B, m]
-    losses = {
-        'loss_global': ranking.cross_entropy(outputs['global_logits'], labels),
-        'loss_rank': ranking.ranking_loss(outputs['part_scores'], part_ce),
-        'loss_concat': ranking.cross_entropy(outputs['logits'], labels),
-        'loss_part': jnp.mean(part_ce, axis=1),
-        'loss_mac': outputs.get('loss_mac', jnp.zeros(labels.shape, jnp.float32)),
-    }
-    losses['loss'] = sum(losses.values())
+    losses = nts.NTSNet.per_example_losses(outputs, labels)
+    losses['loss_mac'] = outputs.get('loss_mac', jnp.zeros(labels.shape, jnp.float32))
+    losses['loss'] = losses['loss'] + losses['loss_mac']
     return losses
