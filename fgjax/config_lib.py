@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds parameter init, dropout and the data order.
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'demo'  # Data set: 'demo', 'cub', 'aircraft' or 'cars'.
+  c.data.name = 'demo'  # Data set: 'demo', 'parts', 'cub', 'aircraft' or 'cars'.
   c.data.builder_config = ''  # TFDS builder config ('' = default; aircraft: variant/family/manufacturer).
   c.data.data_dir = '~/tensorflow_datasets'  # Where prepared data sets live.
   c.data.train_split = 'train'  # Split to train on (aircraft: 'trainval').
@@ -125,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
 METHODS = ('resnet', 'nts', 'fdl', 'ssanet')
 
 
-def _check_method(method: str) -> None:
+def check_method(method: str) -> None:
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
 
@@ -144,7 +144,7 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
     dataset: 'cub', 'aircraft' or 'cars'.
     method: `model.name`, given after the config path: `--config=configs/cub.py:fdl`.
   """
-  _check_method(method)
+  check_method(method)
   c = base_config()
   c.data.name = dataset
   c.model.name = method
@@ -172,7 +172,7 @@ def demo_recipe(method: str = 'resnet', finetune: bool = False) -> ml_collection
   start from the backbone of the workdir runs/demo, 10 epochs at lr 0.01 for every
   layer, x0.1 at epoch 7, no warm-up.
   """
-  _check_method(method)
+  check_method(method)
   c = base_config()
   c.data.name = 'demo'
   c.data.data_dir = '~/tensorflow_datasets'
@@ -201,7 +201,7 @@ def demo_recipe(method: str = 'resnet', finetune: bool = False) -> ml_collection
 
 
 CHOICES = {
-    'data.name': ('demo', 'cub', 'aircraft', 'cars'),
+    'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars'),
     'data.sampler': ('random', 'class_balanced'),
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),

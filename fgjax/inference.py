@@ -182,69 +182,6 @@ def visualize_eval_split(run: Run, num_examples: int, out_dir: str) -> list[str]
   return _save_drawings(run, images, [f'eval{i}' for i in range(len(examples))], out_dir, labels)
 
 
-def glyph_hits(boxes, glyphs, inside: float = 0.9) -> np.ndarray:
-  """bool [N, m]: at least `inside` of glyph n's area lies in box (n, r).
-
-  boxes [N, m, 4] and glyphs [N, 4], both (y0, x0, y1, x1) in the same pixels.
-  """
-  b = np.asarray(boxes, np.float64)
-  g = np.asarray(glyphs, np.float64)[:, None]
-  hy = np.clip(np.minimum(b[..., 2], g[..., 2]) - np.maximum(b[..., 0], g[..., 0]), 0, None)
-  hx = np.clip(np.minimum(b[..., 3], g[..., 3]) - np.maximum(b[..., 1], g[..., 1]), 0, None)
-  return hy * hx >= inside * (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
-
-
-def demo_glyph_coverage(run: Run, split: str = 'test', inside: float = 0.9) -> dict:
-  """How often a demo region model's boxes hold the class glyph (the only evidence).
-
-  A glyph counts as found by a box when at least `inside` of its area lies in it.
-  Returns 'rank_r' (box ranked r), 'any_top' (any of the boxes the prediction uses:
-  cat_num / hybrid_regions), 'any' (any kept box) and 'best_anchor' (some candidate
-  box at all: the ceiling the anchor grid allows), each a fraction of the split; and
-  'same_rank_0', the share of images whose top box is the most common one (1.0: the
-  model zooms into one fixed box whatever the image).
-  """
-  if run.config.data.name != 'demo':
-    raise ValueError(f'Glyph coverage needs the demo data set, not {run.config.data.name!r}.')
-  from fgjax.data import demo  # pylint: disable=g-import-not-at-top
-  from fgjax.ops import anchors as anchors_lib  # pylint: disable=g-import-not-at-top
-  source = pipeline.TfdsSource('demo', os.path.expanduser(run.config.data.data_dir), split,
-                               run.config.data.builder_config)
-  records = [source._open()[i] for i in range(len(source))]  # pylint: disable=protected-access
-  transform = pipeline.eval_transform(run.spec)
-  images = np.stack([transform({'image': r['image'], 'label': 0, 'crop_bottom': 0})['image']
-                     for r in records])
-  glyphs = demo.glyph_boxes(split, len(records))[[int(r['image_id']) - 1 for r in records]]
-  # Stored pixels -> model input pixels (eval: resize, then centre crop), as (y0, x0, y1, x1).
-  scale = run.spec.resize_size / demo.IMAGE_SIZE
-  off = (run.spec.resize_size - run.spec.image_size) // 2
-  glyphs = glyphs[:, [1, 0, 3, 2]] * scale - off
-  _, boxes = run.predict(images)
-  if boxes is None:
-    raise ValueError(f'Model {run.config.model.name!r} has no regions.')
-  hits = glyph_hits(boxes, glyphs, inside)                                  # [N, m]
-  method = run.config.model.name
-  settings = run.config.model[method]
-  num_top = settings[{'nts': 'cat_num', 'ssanet': 'cat_num', 'fdl': 'hybrid_regions'}[method]]
-  levels, grid = anchors_lib.NTS_LEVELS, settings.anchor_grid
-  if method == 'fdl' and settings.region_size is not None:  # One box per map cell.
-    from fgjax.models import fdl  # pylint: disable=g-import-not-at-top
-    levels = (anchors_lib.AnchorLevel(stride=fdl.FEATURE_STRIDE, size=settings.region_size,
-                                      scales=(1.0,), aspect_ratios=(1.0,)),)
-    grid = 'feature'
-  candidates, _ = anchors_lib.region_anchors(
-      run.config.data.image_size, settings.pad, levels=levels,
-      reference_size=settings.reference_size, grid=grid)
-  best = glyph_hits(np.broadcast_to(candidates, (len(glyphs),) + candidates.shape), glyphs,
-                    inside).any(1)
-  out = {f'rank_{r}': float(hits[:, r].mean()) for r in range(hits.shape[1])}
-  _, counts = np.unique(np.asarray(boxes)[:, 0], axis=0, return_counts=True)
-  out.update(any_top=float(hits[:, :num_top].any(1).mean()), any=float(hits.any(1).mean()),
-             best_anchor=float(best.mean()), same_rank_0=float(counts.max() / len(glyphs)),
-             count=len(glyphs))
-  return out
-
-
 def evaluate_run(workdir: str, which: str = 'best', split: str | None = None,
                  batch_size: int | None = None) -> dict:
   """Exact evaluation of a run's checkpoint on `split` (default: its eval split)."""

@@ -49,11 +49,11 @@ def open_sources(config):
   """Train and eval sources and the class count; stops if data is not prepared."""
   data_dir = os.path.expanduser(config.data.data_dir)
   builder_config = config.data.builder_config or None
-  if config.data.name == 'demo':
-    # The demo needs no download: generate it on first use (main process only).
+  if config.data.name in registry.SYNTHETIC:
+    # Synthetic sets need no download: generate them on first use (main process only).
     if jax.process_index() == 0:
-      registry.prepare('demo', data_dir, builder_config=builder_config)
-    _sync_processes('demo data')
+      registry.prepare(config.data.name, data_dir, builder_config=builder_config)
+    _sync_processes('synthetic data')
   builder = registry.require_prepared(config.data.name, data_dir, builder_config,
                                       config.data.on_bad_image)
   train = pipeline.TfdsSource(config.data.name, data_dir, config.data.train_split,

@@ -1,10 +1,11 @@
 r"""Evaluates a trained run on its eval split (exact: every image counts once).
 
   python launch/evaluate.py --workdir=runs/cub_fdl [--checkpoint=best|latest] \
-      [--split=test] [--batch_size=64] [--demo_glyphs]
+      [--split=test] [--batch_size=64] [--localization]
 
 Reads the run's config.json; prints accuracy and loss, and the checkpoint used; for the
-region models also each classifier head's own accuracy and each loss term.
+region models also each classifier head's own accuracy and each loss term, and with
+--localization (parts benchmark and demo) where their boxes go (fgjax.localization).
 """
 
 from absl import app
@@ -15,8 +16,8 @@ flags.DEFINE_string('workdir', None, 'The run to evaluate.')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to restore.')
 flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s eval split).')
 flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: the config\'s).')
-flags.DEFINE_bool('demo_glyphs', False, 'Demo data, region models: also report how often '
-                  'the kept boxes hold the class glyph (inference.demo_glyph_coverage).')
+flags.DEFINE_bool('localization', False, 'Region models on the parts benchmark or the demo: '
+                  'also report how often their boxes hold the class detail.')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -34,15 +35,15 @@ def main(argv):
            if k.startswith(('accuracy_', 'loss_')) and isinstance(v, float)}
   for key in sorted(extra):  # Region models: each head's own accuracy, each loss term.
     print(f'  {key}: {extra[key]:.4f}')
-  if FLAGS.demo_glyphs:
-    coverage = inference.demo_glyph_coverage(run, split=result['split'])
-    count = coverage.pop('count')
-    same = coverage.pop('same_rank_0')
-    print(f'glyph inside a box (>= 90 % of its area), fraction of {count} images:')
-    for key, value in coverage.items():
+  if FLAGS.localization:
+    from fgjax import localization  # pylint: disable=g-import-not-at-top
+    found = localization.localization(run, split=result['split'])
+    print(f'detail inside a box (>= 90 % of its area), fraction of {found.pop("count")} images:')
+    same, distinct = found.pop('same_top'), found.pop('distinct_top')
+    for key, value in found.items():
       print(f'  {key}: {value:.3f}')
-    print(f'images whose top box is the most common one: {same:.3f}')
-
+    print(f'images whose top box is the most common one: {same:.3f} ({distinct} distinct top '
+          'boxes)')
 
 if __name__ == '__main__':
   app.run(main)

@@ -99,33 +99,18 @@ def test_demo_glyph_boxes_hold_the_class_pattern():
                                   demo.PATTERNS[label])
 
 
-def test_glyph_hits_matches_a_loop():
-  rng = np.random.default_rng(0)
-  glyphs = rng.uniform(0, 50, size=(20, 2))
-  glyphs = np.concatenate([glyphs, glyphs + rng.uniform(2, 8, size=(20, 2))], 1)
-  boxes = rng.uniform(0, 50, size=(20, 5, 2))
-  boxes = np.concatenate([boxes, boxes + rng.uniform(1, 30, size=(20, 5, 2))], -1)
-  boxes[0, 0] = glyphs[0]  # Exactly the glyph: found.
-  got = inference.glyph_hits(boxes, glyphs, inside=0.9)
-  for n in range(20):
-    gy0, gx0, gy1, gx1 = glyphs[n]
-    for r in range(5):
-      by0, bx0, by1, bx1 = boxes[n, r]
-      overlap = max(0.0, min(gy1, by1) - max(gy0, by0)) * max(0.0, min(gx1, bx1) - max(gx0, bx0))
-      assert got[n, r] == (overlap >= 0.9 * (gy1 - gy0) * (gx1 - gx0)), (n, r)
-  assert got[0, 0] and 0 < got.mean() < 1
-
-
-def test_demo_glyph_coverage(trained_run):
+def test_localization_on_the_demo(trained_run):
+  from fgjax import localization  # pylint: disable=g-import-not-at-top
   workdir, _ = trained_run
   run = inference.load_run(workdir)
-  coverage = inference.demo_glyph_coverage(run)
-  assert coverage['count'] == 37
-  ranks = [coverage[f'rank_{r}'] for r in range(6)]
-  assert coverage['any'] >= coverage['any_top'] >= max(ranks[:4])
-  assert coverage['best_anchor'] >= coverage['any']
+  found = localization.localization(run)
+  assert found['count'] == 37
+  ranks = [found[f'rank_{r}'] for r in range(6)]
+  assert found['top1'] == ranks[0]
+  assert found['any'] >= found['any_top'] >= max(ranks[:4])
+  assert found['ceiling'] >= found['any']
   assert all(0 <= v <= 1 for v in ranks)
-  assert 1 / 37 <= coverage['same_rank_0'] <= 1
+  assert 1 / 37 <= found['same_top'] <= 1
 
 
 def test_region_model_starts_from_another_runs_backbone(trained_run, tmp_path):

@@ -14,10 +14,15 @@ import textwrap
 # config.data.name -> (module, builder class).
 BUILDERS = {
     'demo': ('fgjax.data.demo', 'FgjaxDemo'),
+    'parts': ('fgjax.data.parts', 'FgjaxParts'),
     'cub': ('fgjax.data.cub', 'Cub2011'),
     'aircraft': ('fgjax.data.aircraft', 'FgvcAircraft'),
     'cars': ('fgjax.data.cars', 'StanfordCars'),
 }
+
+
+# Generated from a seed, no download: train.py prepares them on first use.
+SYNTHETIC = ('demo', 'parts')
 
 
 class DataNotPreparedError(FileNotFoundError):
@@ -46,7 +51,7 @@ def get_builder(name: str, data_dir: str, builder_config: str | None = None,
     data_dir: the TFDS data dir ('~' is expanded).
     builder_config: e.g. 'family' for aircraft; None for the default.
     on_bad_image: 'error' or 'skip' (common.BAD_IMAGE_POLICIES); used by the
-      builders of official files only (the demo has no bad images).
+      builders of official files only (the synthetic sets have no bad images).
   """
   cls = builder_class(name)
   kwargs = {}
