@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
   c.model.fdl.separate_part_stats = True  # Own BatchNorm running averages for regions (README).
   c.model.fdl.anchor_grid = 'feature'  # As model.nts.anchor_grid (with region_size None).
+  # 'receptive_field': stage4 cell u centred on pixel 32u; 'top_left' (original): [32u, 32u+32).
+  c.model.fdl.map_alignment = 'receptive_field'
+  # 'min': box parts outside the image count as min M; 'inside' (original): mean over box ∩ image.
+  c.model.fdl.padding_score = 'min'
 
   # SSANet (fgjax/models/ssanet.py): our reading of the abstract; see README.md.
   c.model.ssanet = ml_collections.ConfigDict()
@@ -87,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ssanet.op_bins = 3  # Bands each orientation pools into.
   c.model.ssanet.mac_kernel = 3  # Window of the closing/opening of the object mask.
   c.model.ssanet.mac_weight = 1.0  # Weight of the alignment penalty.
+  # How the object mask lies on the input: 'receptive_field' (cell u on pixel 32u) or 'top_left'.
+  c.model.ssanet.map_alignment = 'receptive_field'
   c.model.ssanet.proposal_num = 6  # Regions kept after NMS.
   c.model.ssanet.cat_num = 4  # Top regions in the concatenated feature.
   c.model.ssanet.nms_iou = 0.25  # NMS threshold.
@@ -207,8 +213,11 @@ CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),
     'train.parallelism': ('pmap', 'shard_map'),
     'model.fdl.cam_mode': ('max', 'single'),
+    'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
     'model.nts.anchor_grid': ('scaled', 'feature'),
     'model.fdl.anchor_grid': ('scaled', 'feature'),
+    'model.fdl.map_alignment': ('receptive_field', 'top_left'),
+    'model.fdl.padding_score': ('min', 'inside'),
     'model.ssanet.anchor_grid': ('scaled', 'feature'),
 }
 

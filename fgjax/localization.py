@@ -85,7 +85,9 @@ def candidate_boxes(config) -> np.ndarray:
   settings = config.model[method]
   levels, grid = anchors_lib.NTS_LEVELS, settings.anchor_grid
   if method == 'fdl' and settings.region_size is not None:
-    return fdl.region_size_boxes(config.data.image_size, settings)
+    size = config.data.image_size
+    return fdl.cell_region_boxes((size, size), settings.region_size, settings.pad,
+                                 settings.reference_size, settings.map_alignment)[0]
   boxes, _ = anchors_lib.region_anchors(config.data.image_size, settings.pad, levels=levels,
                                         reference_size=settings.reference_size, grid=grid)
   return boxes

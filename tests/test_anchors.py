@@ -130,3 +130,21 @@ def test_flatten_level_scores_matches_anchor_order():
   # The score that lands at anchor k belongs to that anchor's level, channel and cell:
   # level 1, channel 5, y = 3, x = 5 (see test_hand_checked_boxes).
   assert flat[0, 5 * 196 + 3 * 14 + 5] == maps_nhwc[0][0, 3, 5, 5]
+
+
+def test_centre_offset_moves_only_its_level():
+  """FDL's per-cell regions: centres at 0.5 + 32k (pixel 32k); NTS_LEVELS keep stride/2."""
+  assert all(level.centre_offset is None for level in anchors.NTS_LEVELS)
+  plain = anchors.AnchorLevel(stride=32, size=160, scales=(1.0,), aspect_ratios=(1.0,))
+  moved = anchors.AnchorLevel(stride=32, size=160, scales=(1.0,), aspect_ratios=(1.0,),
+                              centre_offset=0.5)
+  for size in (448, (96, 160), 100):
+    height, width = (size, size) if isinstance(size, int) else size
+    cy, cx = np.meshgrid(0.5 + 32 * np.arange(math.ceil(height / 32)),
+                         0.5 + 32 * np.arange(math.ceil(width / 32)), indexing='ij')
+    half = 80 * min(height, width) / 448
+    want = np.stack([cy - half, cx - half, cy + half, cx + half], -1).reshape(-1, 4)
+    got = anchors.anchor_boxes(size, levels=(moved,))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(anchors.anchor_boxes(size, levels=(plain,)), want + 15.5,
+                               atol=1e-4, rtol=0)

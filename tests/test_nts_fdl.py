@@ -10,6 +10,8 @@ import pytest
 from fgjax.models import fdl
 from fgjax.models import nts
 from fgjax.models import resnet
+from fgjax.ops import anchors
+from fgjax.ops import cam_attention
 
 NUM_CLASSES = 5
 IMAGES = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
@@ -152,5 +154,44 @@ def test_fdl_single_class_cam_and_cell_regions():
   np.testing.assert_array_equal(np.asarray(out['box_valid']).sum(axis=1), [4, 4])
   side = np.asarray(out['boxes'][..., 2] - out['boxes'][..., 0])
   assert np.all((side >= 22) & (side <= 24))  # 160 / 7 px, floored corners.
+  # Centred on the cells' receptive-field centres, pixels 0 and 32 (tests/test_registration.py).
+  centres = np.asarray(out['boxes'][..., :2] + out['boxes'][..., 2:]) / 2
+  assert set(np.unique(centres)) <= {0.0, 32.0}
   with pytest.raises(ValueError, match='labels'):
     jax.eval_shape(init_train, jax.random.PRNGKey(1), IMAGES, None)
+
+
+def candidates(attention, image_hw=(64, 64), **kwargs):
+  """FDL's candidate boxes, scores and padding for an attention map."""
+  model = fdl.FDL(num_classes=NUM_CLASSES, **kwargs)
+  return model._candidates(attention, image_hw)  # pylint: disable=protected-access
+
+
+def test_fdl_candidates_follow_map_alignment_and_padding_score():
+  attention = jax.random.normal(jax.random.PRNGKey(3), (2, 2, 2))
+  anchor_boxes, pad_px = anchors.region_anchors(64, 224)
+  for kw, stride in (({}, 32), ({'map_alignment': 'top_left', 'padding_score': 'inside'}, None)):
+    boxes, scores, pad = candidates(attention, **kw)
+    order = cam_attention.tie_break_order(anchor_boxes, (64, 64))
+    np.testing.assert_array_equal(boxes, anchor_boxes[order])
+    want = cam_attention.box_mean_scores(
+        attention, jnp.asarray(anchor_boxes), (64, 64), stride=stride,
+        alignment=kw.get('map_alignment', 'receptive_field'),
+        padding=kw.get('padding_score', 'min'))
+    np.testing.assert_array_equal(np.asarray(scores), np.asarray(want)[:, order])
+    assert pad == pad_px
+  # Candidates come with the most image first, so NMS gives exact ties to such boxes.
+  inside = [np.prod(np.clip(b[2:], 0, 64) - np.clip(b[:2], 0, 64)) for b in boxes]
+  assert np.all(np.diff(inside) <= 0)
+  # One box per cell: centred on pixel 32u, or on 32u + 16 by the original rule.
+  for alignment, centre in (('receptive_field', (0, 32)), ('top_left', (15.5, 47.5))):
+    boxes, scores, _ = candidates(attention, region_size=160, map_alignment=alignment)
+    assert set(np.unique((boxes[:, :2] + boxes[:, 2:]) / 2)) == set(centre)
+    np.testing.assert_array_equal(
+        np.sort(np.asarray(scores), axis=1), np.sort(np.asarray(attention).reshape(2, 4), 1))
+  with pytest.raises(ValueError, match='stride-32'):
+    candidates(attention, (96, 96))
+  for kw in ({'map_alignment': 'centre'}, {'padding_score': 'zero'}):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+      jax.eval_shape(fdl.FDL(num_classes=NUM_CLASSES, backbone='resnet_tiny', **kw).init,
+                     jax.random.PRNGKey(0), IMAGES)

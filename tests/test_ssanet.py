@@ -134,8 +134,14 @@ def test_alignment_penalty_counts_score_mass_outside_the_mask():
                       [0, 0, 16, 32],      # half inside
                       [-16, 0, 16, 16]],   # half beyond the image border
                      np.float32)
-  inside = ssanet.anchor_inside_fraction(jnp.asarray(mask), anchors, (32, 32))
+  inside = ssanet.anchor_inside_fraction(jnp.asarray(mask), anchors, (32, 32),
+                                         alignment='top_left')
   np.testing.assert_allclose(inside[0], [1.0, 0.0, 0.5, 0.5], atol=1e-6)
+  # Receptive-field alignment, stride 8: cell u is centred on pixel 8u (continuous 8u + 0.5)
+  # and spans half a cell either side, so the object's two cells cover [0, 12.5) per axis.
+  registered = ssanet.anchor_inside_fraction(jnp.asarray(mask), anchors, (32, 32))
+  np.testing.assert_allclose(registered[0], [(12.5 / 16) ** 2, 0.0, 12.5 / 16 * 12.5 / 32,
+                                             12.5 / 32 * 12.5 / 16], atol=1e-6)
   scores = jnp.log(jnp.array([[0.7, 0.1, 0.1, 0.1]]))
   penalty = ssanet.alignment_penalty(scores, inside)
   np.testing.assert_allclose(penalty, [0.1 * 1.0 + 0.1 * 0.5 + 0.1 * 0.5], atol=1e-6)

@@ -14,12 +14,23 @@ attention influences training only through which regions are chosen, as in the p
 
 Our readings, each with its switch:
 - Region candidates (`region_size=None`): NTS-Net's anchors (1614 at 448; `anchor_grid` as in
-  fgjax.models.nts), each scored by the
-  mean of the smoothed M, upsampled to the input by replication, inside the box (summed-area
-  table; METHOD_NOTES). The paper's text says instead that "each pixel in M corresponds to a
-  region" and gives the localized regions as 160 x 160 at 448: `region_size=160` uses one
-  square box of that side (scaled with the input) centred on each cell of M (the cells of
-  the stride-32 grid), scored by M at that cell.
+  fgjax.models.nts), each scored by the mean of the smoothed M over the box, M read as a
+  function of input pixels (fgjax.ops.cam_attention.box_mean_scores; METHOD_NOTES). The
+  paper's text says instead that "each pixel in M corresponds to a region" and gives the
+  localized regions as 160 x 160 at 448: `region_size=160` uses one square box of that side
+  (scaled with the input) per cell of M (the stride-32 grid), scored by M at that cell.
+- Where M lies on the input (`map_alignment`): 'receptive_field' (default) centres cell u
+  on input pixel 32u, where the backbone's stage4 cell u is centred (measured:
+  tests/test_registration.py); the outer cells extend to the image border. The per-cell
+  boxes are centred there too (their integer corners put the centre at 32u, half a pixel
+  off). 'top_left' is the original rule: cell u covers [32u, 32u+32) and the per-cell boxes
+  are centred at 32u + 16, half a cell down-right of what the backbone saw.
+- Boxes reaching into the padding (`padding_score`, box means only): 'min' (default) counts
+  the part outside the image as the least attended value, the image's min M, so a box made
+  mostly of padding no longer scores like the cells it clips; 'inside' (original) averages
+  over box ∩ image only. Per-cell boxes are scored by their cell whatever their padding.
+- Ties: candidates are ordered by decreasing area inside the image (then anchor order), and
+  NMS visits equal scores in that order, so a tie goes to the box with more image in it.
 - Smoothing: sigma = 1 map cell, kernel 2*ceil(3 sigma)+1 = 7, reflected borders
   (`smooth_sigma`, `smooth_kernel_size`; `smooth_sigma=0` switches it off). The paper gives
   no numbers.
@@ -55,6 +66,32 @@ from fgjax.ops import ranking
 FEATURE_STRIDE = 32  # Output stride of the backbone's stage4, the grid of M.
 
 
+def cell_region_boxes(image_hw, region_size: int, pad: int = 224, reference_size: int = 448,
+                      map_alignment: str = 'receptive_field'):
+  """The `region_size` candidates: one square box per stride-32 map cell, y-major.
+
+  Args:
+    image_hw: (H, W) of the input.
+    region_size: box side at `reference_size` (the paper's 160 at 448).
+    pad: padding at `reference_size`.
+    reference_size: 448.
+    map_alignment: 'receptive_field' centres cell u's box on input pixel 32u (continuous
+      32u + 0.5 before NTS-Net's integer flooring); 'top_left' at 32u + 16 (original).
+
+  Returns:
+    boxes float32 [ceil(H/32) * ceil(W/32), 4], integral, input pixels; the padding in pixels.
+  """
+  if map_alignment not in cam_attention.ALIGNMENTS:
+    raise ValueError(f'Unknown map_alignment {map_alignment!r}; valid: '
+                     f'{list(cam_attention.ALIGNMENTS)}.')
+  offset = (cam_attention.RECEPTIVE_FIELD_CENTRE if map_alignment == 'receptive_field'
+            else None)
+  level = anchors_lib.AnchorLevel(stride=FEATURE_STRIDE, size=region_size, scales=(1.0,),
+                                  aspect_ratios=(1.0,), centre_offset=offset)
+  return anchors_lib.region_anchors(image_hw, pad, levels=(level,),
+                                    reference_size=reference_size)
+
+
 class FDL(nn.Module):
   """FDL with a shared ResNet backbone.
 
@@ -78,6 +115,8 @@ class FDL(nn.Module):
     classifier_bias: whether the image classifier has a bias.
     separate_part_stats: own BatchNorm running averages for the regions (fgjax.models.regions).
     anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors); used with region_size=None.
+    map_alignment: 'receptive_field' or 'top_left' (original): where M lies on the input.
+    padding_score: 'min' or 'inside' (original): what box parts outside the image count as.
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -97,23 +136,31 @@ class FDL(nn.Module):
   classifier_bias: bool = True
   separate_part_stats: bool = True
   anchor_grid: str = 'feature'
+  map_alignment: str = 'receptive_field'
+  padding_score: str = 'min'
 
   def _candidates(self, attention, image_hw):
-    """Candidate boxes [A, 4] (input pixels), their scores [B, A] and the padding."""
+    """Candidate boxes [A, 4] (input pixels) in tie-break order, their scores [B, A] and
+    the padding."""
+    grid = [-(-n // FEATURE_STRIDE) for n in image_hw]
+    if list(attention.shape[1:]) != grid:
+      raise ValueError(f'Attention map {attention.shape[1:]} does not match the stride-32 '
+                       f'grid of a {image_hw} input.')
     if self.region_size is None:
       boxes, pad_px = anchors_lib.region_anchors(image_hw, self.pad,
                                                  reference_size=self.reference_size,
                                                  grid=self.anchor_grid)
-      scores = cam_attention.box_mean_scores(attention, jnp.asarray(boxes), image_hw)
-      return boxes, scores, pad_px
-    level = anchors_lib.AnchorLevel(stride=FEATURE_STRIDE, size=self.region_size,
-                                    scales=(1.0,), aspect_ratios=(1.0,))
-    boxes, pad_px = anchors_lib.region_anchors(image_hw, self.pad, levels=(level,),
-                                               reference_size=self.reference_size)
-    if boxes.shape[0] != attention.shape[1] * attention.shape[2]:
-      raise ValueError(f'Attention map {attention.shape[1:]} does not match the stride-32 '
-                       f'grid of a {image_hw} input.')
-    return boxes, attention.reshape(attention.shape[0], -1), pad_px
+      # 'top_left' keeps the original H / h stride; the backbone's is 32 at any size.
+      stride = FEATURE_STRIDE if self.map_alignment == 'receptive_field' else None
+      scores = cam_attention.box_mean_scores(attention, jnp.asarray(boxes), image_hw,
+                                             alignment=self.map_alignment,
+                                             padding=self.padding_score, stride=stride)
+    else:
+      boxes, pad_px = cell_region_boxes(image_hw, self.region_size, self.pad,
+                                        self.reference_size, self.map_alignment)
+      scores = attention.reshape(attention.shape[0], -1)
+    order = cam_attention.tie_break_order(boxes, image_hw)
+    return boxes[order], scores[:, order], pad_px
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False):
@@ -130,8 +177,11 @@ class FDL(nn.Module):
       'boxes' [B, m, 4] (y0, x0, y1, x1 in input pixels), 'box_valid' [B, m] and
       'attention' [B, h, w] (smoothed M).
     """
-    if self.cam_mode not in ('max', 'single'):
-      raise ValueError(f"Unknown cam_mode {self.cam_mode!r}; valid: 'max', 'single'.")
+    for name, valid in (('cam_mode', ('max', 'single')),
+                        ('map_alignment', cam_attention.ALIGNMENTS),
+                        ('padding_score', cam_attention.PADDING_SCORES)):
+      if getattr(self, name) not in valid:
+        raise ValueError(f'Unknown {name} {getattr(self, name)!r}; valid: {list(valid)}.')
     regions.check_counts(self.hybrid_regions, self.num_regions, 'hybrid_regions',
                          'num_regions')
     batch, height, width = images.shape[:3]

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.models import fdl
 from fgjax.models import nts
 from fgjax.models import regions
 from fgjax.ops import cam_attention
@@ -153,10 +154,15 @@ def object_mask(feature_map: jnp.ndarray, kernel: int) -> jnp.ndarray:
   return morphology.grey_opening(morphology.grey_closing(mask, kernel), kernel)
 
 
-def anchor_inside_fraction(mask: jnp.ndarray, anchors: np.ndarray, image_hw) -> jnp.ndarray:
-  """Fraction of each anchor's area inside the mask (upsampled by replication): [B, A].
+def anchor_inside_fraction(mask: jnp.ndarray, anchors: np.ndarray, image_hw, *,
+                           alignment: str = 'receptive_field',
+                           stride: float | None = None) -> jnp.ndarray:
+  """Fraction of each anchor's area inside the mask: [B, A].
 
-  Area outside the image counts as outside the mask.
+  The mask [B, h, w] is read on the input as fgjax.ops.cam_attention.box_mean_scores
+  reads a map: 'receptive_field' (default) centres cell u on input pixel u * stride, as
+  the backbone does; 'top_left' is the original replication rule, half a cell off.
+  `stride` None means H / h. Area outside the image counts as outside the mask.
   """
   height, width = image_hw
   boxes = np.asarray(anchors, np.float64)
@@ -164,7 +170,8 @@ def anchor_inside_fraction(mask: jnp.ndarray, anchors: np.ndarray, image_hw) -> 
   clipped_h = np.maximum(np.minimum(boxes[:, 2], height) - np.maximum(boxes[:, 0], 0), 0)
   clipped_w = np.maximum(np.minimum(boxes[:, 3], width) - np.maximum(boxes[:, 1], 0), 0)
   in_image = np.where(area > 0, clipped_h * clipped_w / np.maximum(area, 1e-12), 0.0)
-  mean_inside = cam_attention.box_mean_scores(mask, jnp.asarray(anchors), (height, width))
+  mean_inside = cam_attention.box_mean_scores(mask, jnp.asarray(anchors), (height, width),
+                                              alignment=alignment, stride=stride)
   return mean_inside * jnp.asarray(in_image, jnp.float32)
 
 
@@ -194,6 +201,9 @@ class SSANet(nn.Module):
     op_bins: bands per orientation (3).
     mac_kernel: morphology window in stage4 cells (3).
     mac_weight: weight of L_mac (1.0).
+    map_alignment: how the object mask is laid on the input for L_mac ('receptive_field':
+      stage4 cell u centred on pixel 32u, as the backbone sees it; 'top_left': the
+      original replication rule, half a cell off; fgjax.ops.cam_attention).
     proposal_num, cat_num, nms_iou, part_size, pad, reference_size, dropout_rate,
     navigator_width, separate_part_stats, anchor_grid: as in fgjax.models.nts.NTSNet
     (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'feature').
@@ -224,6 +234,7 @@ class SSANet(nn.Module):
   navigator_width: int = 128
   separate_part_stats: bool = True
   anchor_grid: str = 'feature'
+  map_alignment: str = 'receptive_field'
 
   def _image_descriptor(self, features):
     """g [B, G] float32 and the DSM/OP diagnostics (steps 2 and 3)."""
@@ -276,7 +287,8 @@ class SSANet(nn.Module):
                                      reference_size=self.reference_size)
     if self.use_mac:
       mask = object_mask(features['stage4'], self.mac_kernel)
-      inside = anchor_inside_fraction(mask, anchors, (height, width))
+      inside = anchor_inside_fraction(mask, anchors, (height, width),
+                                      alignment=self.map_alignment, stride=fdl.FEATURE_STRIDE)
       outputs['object_mask'] = mask
       outputs['loss_mac'] = self.mac_weight * alignment_penalty(anchor_scores, inside)
 

@@ -5,6 +5,9 @@ has a grid of ceil(H / stride_l) x ceil(W / stride_l) cells; cell (y, x) is cent
 
     (cy, cx) = (stride/2 + y * stride, stride/2 + x * stride)
 
+(NTS-Net's layout; `AnchorLevel.centre_offset` can move the first centre, which FDL's
+one-box-per-map-cell regions do, while NTS_LEVELS keep stride/2).
+
 and carries one box per (scale s, aspect ratio r) of height and width
 
     h = size * s / sqrt(r),    w = size * s * sqrt(r),
@@ -52,11 +55,15 @@ class AnchorLevel:
     size: base box side in pixels at REFERENCE_SIZE.
     scales: multipliers on `size`.
     aspect_ratios: r in w = size*s*sqrt(r), h = size*s/sqrt(r).
+    centre_offset: centre of cell 0 in input pixels, not scaled with the input; None for
+      NTS-Net's stride/2. FDL's one-box-per-map-cell regions use 0.5 (the centre of pixel 0,
+      where a ResNet's stage4 cell 0 is centred; fgjax.ops.cam_attention).
   """
   stride: int
   size: float
   scales: tuple[float, ...]
   aspect_ratios: tuple[float, ...] = NTS_ASPECT_RATIOS
+  centre_offset: float | None = None
 
   @property
   def boxes_per_cell(self) -> int:
@@ -148,8 +155,9 @@ def anchor_boxes(image_size,
   out = []
   for (gh, gw), lv in zip(grid_sizes((height, width), levels, grid, reference_size), levels):
     stride = lv.stride * stride_scale
-    cy = (stride / 2 + stride * np.arange(gh)).astype(np.float32)
-    cx = (stride / 2 + stride * np.arange(gw)).astype(np.float32)
+    first = stride / 2 if lv.centre_offset is None else lv.centre_offset
+    cy = (first + stride * np.arange(gh)).astype(np.float32)
+    cx = (first + stride * np.arange(gw)).astype(np.float32)
     cy, cx = np.meshgrid(cy, cx, indexing='ij')  # [gh, gw], y-major
     for scale in lv.scales:
       for ratio in lv.aspect_ratios:

@@ -16,17 +16,48 @@ g(t) = exp(-t^2 / (2 sigma^2)) / sum_t g(t), t = -r..r, kernel_size = 2r + 1, ap
 h x w map with half-sample symmetric borders (scipy's 'reflect': d c b a | a b c d), so the
 border is not darkened. `sigma <= 0` switches it off.
 
-Box scores (our reading of "each anchor is scored by M over its footprint"): the mean of M
-inside the box, with M upsampled to the input size by replication (map cell (u, v) covers
-[u H/h, (u+1) H/h) x [v W/w, (v+1) W/w)), and the box clipped to the image:
+Box scores (our reading of "each anchor is scored by M over its footprint"): the mean over
+the box of M_up, the map read as a piecewise-constant function of input coordinates, where
+pixel p spans [p, p+1) (the convention of boxes and crops, fgjax.ops.crop). Per axis, with
+stride s (default H/h; the backbone's 32 for fgjax.models.resnet), map cell u covers
 
-    score(box) = (1 / |box ∩ image|) * integral over box ∩ image of M_up(y, x) dy dx.
+  'receptive_field' (FDL's default `map_alignment`): [c_u - s/2, c_u + s/2) with
+      c_u = u s + 1/2, the centre of input pixel u s. A torchvision-layout ResNet (7x7/2
+      pad-3 stem, 3x3/2 pad-1 max pool, 3x3/2 pad-1 convolutions) centres stage4 cell u's
+      receptive field on pixel 32u at any input size (tests/test_registration.py measures
+      the centre of input-gradient mass: 32u +- 0.1 px with uniform kernels, +- 3 px with
+      random ones, at 224, 300, 448 and 456). The first and last cells extend to the
+      image border (edge replication): every pixel is scored, by the cell whose
+      receptive-field centre is nearest.
+  'top_left' (the original rule; box_mean_scores' default, which SSANet's object mask
+      uses): [u s, (u+1) s), replication aligned to the top-left. On a ResNet map it puts
+      every cell half a cell (16 px at stride 32) down-right of where the backbone saw it.
 
-It is computed exactly, without upsampling, from a summed-area table of M: the integral of
-the piecewise-constant M_up over [0, y) x [0, x) is the bilinear interpolation of the table
-S[u, v] = sum_{u' < u, v' < v} M[u', v'] at (y h / H, x w / W), times the cell area; four
-such corners give any box. For an integer box on an input divisible by the map, this is the
-plain mean of the upsampled pixels inside the box.
+Outside the image (`padding`; boxes reach into NTS-Net's zero padding):
+
+  'min' (FDL's default `padding_score`): the part of a box outside the image counts as the
+      least attended value, m = min_{u,v} M[u, v] of the image:
+        score = (1 / |box|) * integral over box of M_ext,  M_ext = M_up inside, m outside;
+      a box made mostly of padding scores towards m instead of like the cells it clips,
+      and a box wholly outside scores m.
+  'inside' (the original rule; box_mean_scores' default): the mean over box ∩ image
+      only; 0 when that is empty.
+
+Computation: exact and separable. Per axis, f_y[a, u] = |[y0, y1) ∩ cell u| / L_y is box a's
+share in cell u (L_y = y1 - y0 for 'min', |[y0, y1) ∩ [0, H)| for 'inside'); then
+
+    'min':     score = m + sum_{u,v} f_y[a, u] (M[u, v] - m) f_x[a, v]
+    'inside':  score =     sum_{u,v} f_y[a, u]  M[u, v]      f_x[a, v],
+
+a [A, h] x [h, w] x [w] contraction per image (no upsampling, no summed-area cancellation).
+Written so that equivalent boxes give bit-identical scores, since NMS orders by exact score:
+a box inside one cell has shares of exactly 1; the outside part adds exactly 0 to M - m, so
+every box that sees only least-attended cells and padding scores exactly m; boxes with the
+same shares compute the same floats (for integral boxes such as the anchors, L is exact).
+
+Ties (our reading): `tie_break_order` orders candidates by decreasing area inside the image,
+then by index; greedy NMS visits equal scores in index order (fgjax.ops.nms), so among tied
+boxes the one with more image in it wins.
 """
 
 import math
@@ -113,47 +144,113 @@ def gaussian_smooth(maps: jnp.ndarray, sigma: float = 1.0,
   taps = gaussian_kernel_1d(sigma, kernel_size)
   g_h = jnp.asarray(_smoothing_matrix(maps.shape[1], taps))
   g_w = jnp.asarray(_smoothing_matrix(maps.shape[2], taps))
-  return jnp.einsum('ij,bjk,lk->bil', g_h, maps.astype(jnp.float32), g_w)
+  return jnp.einsum('ij,bjk,lk->bil', g_h, maps.astype(jnp.float32), g_w,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
-def _interp_table(table: jnp.ndarray, u: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-  """Bilinear interpolation of table [h+1, w+1] at u in [0, h], v in [0, w] (same shape)."""
-  h, w = table.shape[0] - 1, table.shape[1] - 1
-  u0 = jnp.clip(jnp.floor(u), 0, max(h - 1, 0)).astype(jnp.int32)
-  v0 = jnp.clip(jnp.floor(v), 0, max(w - 1, 0)).astype(jnp.int32)
-  fu, fv = u - u0, v - v0
-  top = table[u0, v0] * (1 - fv) + table[u0, v0 + 1] * fv
-  bottom = table[u0 + 1, v0] * (1 - fv) + table[u0 + 1, v0 + 1] * fv
-  return top * (1 - fu) + bottom * fu
+ALIGNMENTS = ('receptive_field', 'top_left')
+PADDING_SCORES = ('min', 'inside')
+# Continuous coordinate of cell 0's receptive-field centre: the centre of input pixel 0.
+RECEPTIVE_FIELD_CENTRE = 0.5
 
 
-def box_mean_scores(maps: jnp.ndarray, boxes: jnp.ndarray, image_size) -> jnp.ndarray:
-  """Mean of each map, upsampled to the image by replication, inside each box.
+def _check_choice(name: str, value: str, valid) -> None:
+  if value not in valid:
+    raise ValueError(f'Unknown {name} {value!r}; valid: {", ".join(map(repr, valid))}.')
+
+
+def cell_spans(num_cells: int, extent: float, stride: float | None = None,
+               alignment: str = 'top_left') -> tuple[np.ndarray, np.ndarray]:
+  """Where each map cell lies along one axis of the image (module docstring).
 
   Args:
-    maps: [B, h, w].
-    boxes: [A, 4] shared by the batch, or [B, A, 4]; (y0, x0, y1, x1) in input pixels.
-    image_size: (H, W) of the input the boxes refer to.
+    num_cells: h, cells along the axis.
+    extent: H, the image's extent along the axis in pixels.
+    stride: s, input pixels per cell; None for H / h.
+    alignment: 'receptive_field' or 'top_left'.
 
   Returns:
-    [B, A] float32; 0 for a box with no area inside the image.
+    starts, ends: float64 [h], cell u covers [starts[u], ends[u]) ∩ [0, H); in
+    'receptive_field' the outer cells reach the image border.
   """
+  _check_choice('alignment', alignment, ALIGNMENTS)
+  if stride is None:
+    stride = extent / num_cells
+  inner = np.arange(1, num_cells, dtype=np.float64) * stride
+  if alignment == 'receptive_field':
+    inner += RECEPTIVE_FIELD_CENTRE - stride / 2  # Midway between neighbouring centres.
+  edges = np.clip(np.concatenate([[0.0], inner, [extent]]), 0.0, extent)
+  return edges[:-1], edges[1:]
+
+
+def _axis_shares(lo, hi, spans, extent: float, padding: str) -> jnp.ndarray:
+  """Share of each interval [lo, hi) ([B, A]) in each cell: [B, A, h] float32.
+
+  The denominator is the interval's length ('min') or its part inside [0, extent)
+  ('inside'); an empty denominator gives shares of 0. `min(hi, end) - max(lo, start)` is
+  the same float expression as `hi - lo` for an interval inside one cell, so that share is
+  exactly 1.
+  """
+  starts, ends = (jnp.asarray(e, jnp.float32) for e in spans)
+  overlap = jnp.maximum(jnp.minimum(hi[..., None], ends) - jnp.maximum(lo[..., None], starts),
+                        0.0)
+  if padding == 'min':
+    length = hi - lo
+  else:
+    length = jnp.minimum(hi, extent) - jnp.maximum(lo, 0.0)
+  positive = (length > 0)[..., None]
+  return jnp.where(positive, overlap / jnp.where(positive, length[..., None], 1.0), 0.0)
+
+
+def box_mean_scores(maps: jnp.ndarray, boxes: jnp.ndarray, image_size, *,
+                    alignment: str = 'top_left', padding: str = 'inside',
+                    stride: float | None = None) -> jnp.ndarray:
+  """Mean of each map, read as a function of input coordinates, over each box.
+
+  The defaults are the original rule, which fgjax.models.ssanet's object mask relies on;
+  FDL passes its `map_alignment` and `padding_score` (module docstring for both).
+
+  Args:
+    maps: M, [B, h, w].
+    boxes: [A, 4] shared by the batch, or [B, A, 4]; (y0, x0, y1, x1) in input pixels.
+    image_size: (H, W) of the input the boxes refer to.
+    alignment: 'receptive_field' (cell u centred on input pixel u * stride) or 'top_left'
+      (cell u covers [u * stride, (u+1) * stride)).
+    padding: 'min' (outside the image counts as min M) or 'inside' (box ∩ image only).
+    stride: input pixels per map cell; None for H / h and W / w. A backbone whose map has
+      ceil(H / 32) cells needs 32 here when H is not a multiple of 32.
+
+  Returns:
+    [B, A] float32. 'inside': 0 for a box with no area inside the image; 'min': m for a box
+    with no area at all or none inside the image.
+  """
+  _check_choice('padding', padding, PADDING_SCORES)
   height, width = image_size
   batch, h, w = maps.shape
-  table = jnp.cumsum(jnp.cumsum(maps.astype(jnp.float32), axis=1), axis=2)
-  table = jnp.pad(table, ((0, 0), (1, 0), (1, 0)))              # [B, h+1, w+1]
+  maps = maps.astype(jnp.float32)
   if boxes.ndim == 2:
     boxes = jnp.broadcast_to(boxes, (batch,) + boxes.shape)
   boxes = boxes.astype(jnp.float32)
-  u0 = jnp.clip(boxes[..., 0] * (h / height), 0, h)             # in map cells
-  v0 = jnp.clip(boxes[..., 1] * (w / width), 0, w)
-  u1 = jnp.clip(boxes[..., 2] * (h / height), 0, h)
-  v1 = jnp.clip(boxes[..., 3] * (w / width), 0, w)
+  share_y = _axis_shares(boxes[..., 0], boxes[..., 2],
+                         cell_spans(h, height, stride, alignment), height, padding)
+  share_x = _axis_shares(boxes[..., 1], boxes[..., 3],
+                         cell_spans(w, width, stride, alignment), width, padding)
+  floor = jnp.min(maps, axis=(1, 2)) if padding == 'min' else jnp.zeros((batch,), jnp.float32)
+  # HIGHEST: no TF32 / bf16 passes on accelerators, so scores stay float32-exact.
+  rows = jnp.einsum('bau,buv->bav', share_y, maps - floor[:, None, None],
+                    precision=jax.lax.Precision.HIGHEST)
+  return floor[:, None] + jnp.sum(rows * share_x, axis=-1)
 
-  def integral(tab, a0, b0, a1, b1):
-    return (_interp_table(tab, a1, b1) - _interp_table(tab, a0, b1)
-            - _interp_table(tab, a1, b0) + _interp_table(tab, a0, b0))
 
-  total = jax.vmap(integral)(table, u0, v0, u1, v1)
-  area = (u1 - u0) * (v1 - v0)
-  return jnp.where(area > 0, total / jnp.where(area > 0, area, 1), 0.0)
+def tie_break_order(boxes: np.ndarray, image_size) -> np.ndarray:
+  """Permutation of candidate boxes [A, 4]: decreasing area inside the image, then index.
+
+  Candidates reordered by it and passed to greedy NMS (which visits equal scores in index
+  order) make a tie go to the box with more image in it, e.g. a box inside the image over
+  one that also covers padding when both see only least-attended cells. Static (NumPy).
+  """
+  height, width = image_size
+  boxes = np.asarray(boxes, np.float64)
+  inside_h = np.maximum(np.minimum(boxes[:, 2], height) - np.maximum(boxes[:, 0], 0), 0)
+  inside_w = np.maximum(np.minimum(boxes[:, 3], width) - np.maximum(boxes[:, 1], 0), 0)
+  return np.argsort(-(inside_h * inside_w), kind='stable')
