@@ -17,13 +17,18 @@ def test_configs_validate(name, method):
   assert (config.data.name, config.model.name) == (name, method)
 
 
-@pytest.mark.parametrize('method', config_lib.METHODS)
-def test_demo_finetune_config_starts_from_the_demo_run(method):
-  config = importlib.import_module('configs.demo_finetune').get_config(method)
-  config_lib.validate(config)
-  assert (config.data.name, config.model.name) == ('demo', method)
-  assert config.model.pretrained_path == 'runs/demo'
-  assert (config.train.epochs, config.train.base_lr, config.train.pretrained_lr_mult) == (10, 0.01, 1.0)
+def test_parts_configs_give_every_method_the_same_start_and_budget():
+  configs = {m: importlib.import_module('configs.parts').get_config(m) for m in config_lib.METHODS}
+  for method, config in configs.items():
+    config_lib.validate(config)
+    assert (config.data.name, config.model.name) == ('parts', method)
+    assert config.model.pretrained_path == 'runs/parts_pretrain'
+    for section in ('data', 'train', 'eval'):
+      assert config[section].to_dict() == configs['resnet'][section].to_dict(), (method, section)
+  pretrain = importlib.import_module('configs.parts_pretrain').get_config()
+  config_lib.validate(pretrain)
+  assert (pretrain.data.builder_config, pretrain.model.pretrained_path) == ('pretrain', '')
+  assert pretrain.model.backbone == configs['resnet'].model.backbone
 
 
 def test_unknown_method_after_colon_lists_valid_ones():

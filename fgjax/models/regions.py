@@ -8,9 +8,8 @@ BatchNorm statistics of images and parts (`separate_part_stats`, our reading; de
 True): the same backbone sees whole images and zoomed parts in one step. In training
 each pass normalises with its own batch statistics. The reference implementations also
 move ONE set of running averages twice per step (images, then parts), so at test time
-whole images are normalised with averages dominated by the parts. On the demo data
-(64-px images, 32-px parts) that cost FDL 33 points of test accuracy (53 % with the
-shared averages against 86 % with batch statistics at test). With
+whole images are normalised with averages dominated by the parts, whose statistics
+differ (zoomed crops, a smaller input). With
 separate_part_stats=True the backbone keeps one set of running averages for images
 and one for parts (resnet.BatchNorm domains); convolutions and BatchNorm scale and
 bias stay shared, and both sets start from the pretrained averages.

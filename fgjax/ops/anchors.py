@@ -24,14 +24,12 @@ same way. Two grids (`grid=`; at 448 both are NTS-Net's):
 - 'feature' (default): the strides stay 32/64/128, the strides of the backbone map and the
   navigator's two stride-2 convolutions, so each score belongs to one map cell. On small
   inputs the grid is coarse while the boxes shrink: at 64 x 64, 39 boxes of 7-53 px on a
-  32-px grid leave gaps (15 % of the demo's class glyphs lie inside no box at all).
+  32-px grid leave gaps between them.
 - 'scaled': the strides scale too, so the whole layout is NTS-Net's 448 layout shrunk or
   stretched to the input: 14 x 14 / 7 x 7 / 4 x 4 cells and 1614 boxes on a square input
-  of any size; the navigator resizes its feature map to the first grid. Every glyph then
-  lies in some box, but a navigator reading a 2 x 2 map cannot choose among 1614 boxes:
-  nts fine-tuned on the demo (configs/demo_finetune.py) kept the glyph in one of its top
-  4 boxes in 12.8 % of test images with 'scaled', in 66.6 % with 'feature' (test
-  accuracy 63.6 % against 78.8 %).
+  of any size; the navigator resizes its feature map to the first grid. Every small detail
+  then lies in some box, but the navigator must choose among 1614 boxes from a map that
+  may be much coarser than the grid.
 
 Everything here runs in NumPy at trace time: the boxes depend on static shapes only.
 """
