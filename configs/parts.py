@@ -5,12 +5,15 @@
       --seeds=0,1,2 --workdir=runs/compare
 
 or one method: `python launch/train.py --config=configs/parts.py:fdl --workdir=runs/parts_fdl`.
-The data (fgjax/data/parts.py: 10 classes told apart by a 16-px glyph on a ~500 x 375
+The data (fgjax/data/parts.py: 10 classes told apart by an 11-px glyph on a ~500 x 375
 scene, 2,000 train / 1,000 test) is generated on first use. The papers' protocol at
 benchmark scale: 224 px input from a 256 resize (the papers: 448 from 600), parts of
 112 px from a 112-px padded image (224 at 448, scaled), the backbone of
 runs/parts_pretrain (the ImageNet analogue), SGD momentum 0.9, lr 0.01 with the
-pretrained backbone at 0.1x, x0.1 after 7 of 10 epochs. README.md has the results.
+pretrained backbone at 0.1x, x0.1 after 7 of 10 epochs. FDL scores one region per
+attention-map cell, as its paper describes ("each pixel in M corresponds to a region"):
+96 px at 448, i.e. 48 px at 224, centred on the cell's receptive field. README.md has the
+results.
 """
 
 from fgjax import config_lib
@@ -25,6 +28,7 @@ def get_config(method: str = 'resnet'):
   c.model.name = method
   c.model.backbone = 'resnet_tiny'
   c.model.pretrained_path = 'runs/parts_pretrain'
+  c.model.fdl.region_size = 96  # One region per map cell (at 448; 48 px at 224).
   c.train.batch_size = 32
   c.train.epochs = 10
   c.train.base_lr = 0.01

@@ -3,11 +3,13 @@
 Each image is a photograph-sized scene (about CUB's 500 x 375: width 420-560, height
 300-420, stored as JPEG) of one large shared object, an ellipse of a random warm colour
 with a smaller overlapping 'head', on a textured, cluttered background. The class is
-decided only by a small detail: a 3 x 3 binary glyph of 4-px cells (16 px with its
-border, about 1/30 of the image side) printed at a random place on the object. Decoy
+decided only by a small detail: a 3 x 3 binary glyph of 3-px cells (11 px with its
+border, about 1/45 of the image side) printed at a random place on the object. Decoy
 glyphs of patterns no class uses are scattered over the object and the clutter. At the
-benchmark's 224-px input a glyph cell is about 2 px: readable, but a single glyph is
-0.5 % of the picture, so global average pooling sees mostly object, clutter and decoys.
+benchmark's 224-px input (a 256 x 256 resize, then a crop) a glyph cell is 1.6 px wide and
+2.1 px high on average: barely readable, and a single glyph is 0.07 % of the picture, so
+global average pooling sees mostly object, clutter and decoys. Zoomed in 2-4x by a region
+model, the cells are 4-8 px, the sizes the pretraining task taught the backbone to read.
 
 Each example stores, besides the features every fgjax builder writes (fgjax.data.common),
 `detail_bbox`: the class glyph's box, border included, normalised like `bbox`, so that
@@ -40,7 +42,7 @@ from fgjax.data import common
 NUM_CLASSES = 10
 NUM_PRETRAIN_CLASSES = 20
 NUM_DECOY_PATTERNS = 3
-GLYPH_CELL = 4  # Stored pixels per glyph cell on the benchmark.
+GLYPH_CELL = 3  # Stored pixels per glyph cell on the benchmark.
 PRETRAIN_CELLS = (6, 24)  # Cell sizes (inclusive range) of the pretraining task.
 WIDTHS, HEIGHTS = (420, 560), (300, 420)  # Inclusive ranges of the stored image size.
 JPEG_QUALITY = 92
