@@ -169,49 +169,6 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
   return c
 
 
-def demo_recipe(method: str = 'resnet', finetune: bool = False) -> ml_collections.ConfigDict:
-  """The built-in demo: synthetic data, resnet_tiny at 64 px, 2 CPU cores.
-
-  From scratch (configs/demo.py): batch 32, 50 epochs, lr 0.1 with 3 warm-up epochs (the
-  region models sum 3-4 losses through the backbone; without a warm-up lr 0.1 kills their
-  ReLUs in the first epoch), x0.3 at epochs 15, 30 and 45, weight decay 5e-4. The old
-  20-epoch recipe (x0.1 at 14, decay 1e-4) stopped while the glyph was half learnt, so
-  the result swung from 44 % to 87 % with the seed or the CPU; 50 epochs fit the 5-minute
-  budget on 2 cores. `finetune=True` (configs/demo_finetune.py): start from the backbone
-  of the workdir runs/demo, 10 epochs at lr 0.01 for every layer, x0.1 at epoch 7, no
-  warm-up, weight decay 1e-4.
-  """
-  check_method(method)
-  c = base_config()
-  c.data.name = 'demo'
-  c.data.data_dir = '~/tensorflow_datasets'
-  c.data.image_size = 64
-  c.data.resize_size = 72
-  c.model.name = method
-  c.model.backbone = 'resnet_tiny'
-  c.train.batch_size = 32
-  c.train.epochs = 50
-  c.train.base_lr = 0.1
-  c.train.warmup_epochs = 3.0
-  c.train.lr_decay_epochs = 15
-  c.train.lr_decay_factor = 0.3
-  c.train.weight_decay = 5e-4
-  c.train.log_every_steps = 25
-  c.train.eval_every_epochs = 5
-  c.train.checkpoint_every_steps = 250
-  c.eval.batch_size = 100
-  if finetune:
-    c.model.pretrained_path = 'runs/demo'
-    c.train.epochs = 10
-    c.train.base_lr = 0.01
-    c.train.pretrained_lr_mult = 1.0  # The demo backbone saw 2,000 images: tune it fully.
-    c.train.warmup_epochs = 0.0
-    c.train.lr_decay_epochs = 7
-    c.train.lr_decay_factor = 0.1
-    c.train.weight_decay = 1e-4
-  return c
-
-
 CHOICES = {
     'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars'),
     'data.sampler': ('random', 'class_balanced'),
