@@ -3,7 +3,7 @@
 Every image shows the same kind of scene: a cluttered background of random
 bars and blobs, and one large object (an ellipse of a random warm colour) that
 dominates the picture. The class is decided only by a small glyph, a 3x3
-binary pattern drawn in dark ink on the object at a random place, about 1/16 of
+binary pattern drawn in dark ink on the object at a random place, about 1/9 of
 the image side. Glyphs of all classes share colour and size, so a model must
 find the glyph and read its shape: global pooling over the whole picture sees
 mostly clutter and object, which is what makes mining and zooming into regions
@@ -126,7 +126,7 @@ def glyph_boxes(split: str, num_examples: int) -> np.ndarray:
 
   Not stored in the data set (the real data sets have no such box); regenerated from the
   seed, for measuring whether a region model's boxes find the glyph
-  (`fgjax.inference.demo_glyph_coverage`).
+  (`fgjax.localization`).
   """
   return np.array([glyph for _, _, _, glyph in _render_split(split, num_examples)], np.float64)
 
