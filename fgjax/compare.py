@@ -155,7 +155,7 @@ def format_table(summary: dict) -> str:
 _BAR_COLOURS = {'accuracy': '#3060c0', 'top1': '#d04030', 'any_top': '#f0a020',
                 'same_top': '#808080'}
 _BAR_LABELS = {'accuracy': 'test accuracy', 'top1': 'detail in top-1 box',
-               'any_top': 'detail in top-k boxes', 'same_top': 'share of the most common top box'}
+               'any_top': 'detail in top-k boxes', 'same_top': 'most common top box'}
 
 
 def draw_chart(summary: dict, path: str, title: str = '') -> None:
