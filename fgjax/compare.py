@@ -89,11 +89,12 @@ def run_one(config, run_dir: str, log=print) -> dict:
     with open(result_path) as f:
       return json.load(f)
   start = time.time()
-  train.train_and_evaluate(config, run_dir)
-  run = inference.load_run(run_dir, 'latest')
-  metrics = inference.evaluate_loaded(run)
-  result = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+  # The final evaluation of the run (also when it had already finished and only resumes).
+  metrics = train.train_and_evaluate(config, run_dir)
+  result = {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and k != 'step'}
   if config.model.name in localization.TOP_KEYS:
+    run = inference.load_run(run_dir, 'latest')
     result.update(localization.localization(run, split=config.data.eval_split))
   result['train_seconds'], result['images_per_s'] = _train_seconds(
       os.path.join(run_dir, 'metrics.jsonl'), config.train.batch_size)

@@ -83,13 +83,13 @@ def candidate_boxes(config) -> np.ndarray:
   from fgjax.ops import anchors as anchors_lib  # pylint: disable=g-import-not-at-top
   method = config.model.name
   settings = config.model[method]
-  levels, grid = anchors_lib.NTS_LEVELS, settings.anchor_grid
   if method == 'fdl' and settings.region_size is not None:
     size = config.data.image_size
     return fdl.cell_region_boxes((size, size), settings.region_size, settings.pad,
                                  settings.reference_size, settings.map_alignment)[0]
-  boxes, _ = anchors_lib.region_anchors(config.data.image_size, settings.pad, levels=levels,
-                                        reference_size=settings.reference_size, grid=grid)
+  boxes, _ = anchors_lib.region_anchors(config.data.image_size, settings.pad,
+                                        reference_size=settings.reference_size,
+                                        grid=settings.anchor_grid)
   return boxes
 
 
