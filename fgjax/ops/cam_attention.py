@@ -25,8 +25,8 @@ stride s (default H/h; the backbone's 32 for fgjax.models.resnet), map cell u co
       c_u = u s + 1/2, the centre of input pixel u s. A torchvision-layout ResNet (7x7/2
       pad-3 stem, 3x3/2 pad-1 max pool, 3x3/2 pad-1 convolutions) centres stage4 cell u's
       receptive field on pixel 32u at any input size (tests/test_registration.py measures
-      the centre of input-gradient mass: 32u +- 0.1 px with uniform kernels, +- 3 px with
-      random ones, at 224, 300, 448 and 456). The first and last cells extend to the
+      the centre of input-gradient mass of resnet_tiny with random weights: within 3 px
+      of 32u at 224 and 300). The first and last cells extend to the
       image border (edge replication): every pixel is scored, by the cell whose
       receptive-field centre is nearest.
   'top_left' (the original rule; box_mean_scores' default, which SSANet's object mask
