@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.nts.navigator_width = 128  # Channels of the navigator's convolutions.
   c.model.nts.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
   c.model.nts.anchor_grid = 'feature'  # Strides of the maps; 'scaled': the 448 layout at any size.
+  # Class activation prior on the navigator's scores before NMS, our reading (README):
+  # 'none' (the paper), 'train' (training only) or 'always'.
+  c.model.nts.navigator_guide = 'none'
+  c.model.nts.guide_weight = 2.0  # Weight of the prior, standardised per image.
 
   # FDL, "Learning to Focus and Discriminate" (fgjax/models/fdl.py).
   c.model.fdl = ml_collections.ConfigDict()
@@ -103,6 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ssanet.navigator_width = 128  # Channels of the proposal scorer's convolutions.
   c.model.ssanet.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
   c.model.ssanet.anchor_grid = 'feature'  # As model.nts.anchor_grid.
+  c.model.ssanet.navigator_guide = 'none'  # As model.nts.navigator_guide.
+  c.model.ssanet.guide_weight = 2.0  # As model.nts.guide_weight.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
@@ -182,6 +188,8 @@ CHOICES = {
     'model.fdl.map_alignment': ('receptive_field', 'top_left'),
     'model.fdl.padding_score': ('min', 'inside'),
     'model.ssanet.anchor_grid': ('scaled', 'feature'),
+    'model.nts.navigator_guide': ('none', 'train', 'always'),
+    'model.ssanet.navigator_guide': ('none', 'train', 'always'),
 }
 
 

@@ -63,8 +63,6 @@ from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import cam_attention
 from fgjax.ops import ranking
 
-FEATURE_STRIDE = 32  # Output stride of the backbone's stage4, the grid of M.
-
 
 def cell_region_boxes(image_hw, region_size: int, pad: int = 224, reference_size: int = 448,
                       map_alignment: str = 'receptive_field'):
@@ -86,7 +84,7 @@ def cell_region_boxes(image_hw, region_size: int, pad: int = 224, reference_size
                      f'{list(cam_attention.ALIGNMENTS)}.')
   offset = (cam_attention.RECEPTIVE_FIELD_CENTRE if map_alignment == 'receptive_field'
             else None)
-  level = anchors_lib.AnchorLevel(stride=FEATURE_STRIDE, size=region_size, scales=(1.0,),
+  level = anchors_lib.AnchorLevel(stride=regions.FEATURE_STRIDE, size=region_size, scales=(1.0,),
                                   aspect_ratios=(1.0,), centre_offset=offset)
   return anchors_lib.region_anchors(image_hw, pad, levels=(level,),
                                     reference_size=reference_size)
@@ -142,7 +140,7 @@ class FDL(nn.Module):
   def _candidates(self, attention, image_hw):
     """Candidate boxes [A, 4] (input pixels) in tie-break order, their scores [B, A] and
     the padding."""
-    grid = [-(-n // FEATURE_STRIDE) for n in image_hw]
+    grid = [-(-n // regions.FEATURE_STRIDE) for n in image_hw]
     if list(attention.shape[1:]) != grid:
       raise ValueError(f'Attention map {attention.shape[1:]} does not match the stride-32 '
                        f'grid of a {image_hw} input.')
@@ -151,7 +149,7 @@ class FDL(nn.Module):
                                                  reference_size=self.reference_size,
                                                  grid=self.anchor_grid)
       # 'top_left' keeps the original H / h stride; the backbone's is 32 at any size.
-      stride = FEATURE_STRIDE if self.map_alignment == 'receptive_field' else None
+      stride = regions.FEATURE_STRIDE if self.map_alignment == 'receptive_field' else None
       scores = cam_attention.box_mean_scores(attention, jnp.asarray(boxes), image_hw,
                                              alignment=self.map_alignment,
                                              padding=self.padding_score, stride=stride)

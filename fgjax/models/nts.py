@@ -69,6 +69,9 @@ class NTSNet(nn.Module):
     navigator_width: channels of the navigator's convolutions (128).
     separate_part_stats: own BatchNorm running averages for the parts (fgjax.models.regions).
     anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors; the same at 448).
+    navigator_guide: 'none' (the paper), 'train' or 'always': the class activation prior
+      added to the navigator's scores before NMS (fgjax.models.regions, our reading).
+    guide_weight: the prior's weight (it is standardised per image).
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -84,6 +87,8 @@ class NTSNet(nn.Module):
   navigator_width: int = 128
   separate_part_stats: bool = True
   anchor_grid: str = 'feature'
+  navigator_guide: str = 'none'
+  guide_weight: float = 2.0
 
   @nn.compact
   def __call__(self, images, labels=None, train: bool = False):
@@ -98,7 +103,8 @@ class NTSNet(nn.Module):
       'logits' [B, C] (concatenated classifier, the prediction), 'global_logits' [B, C],
       'part_logits' [B, m, C], 'part_scores' [B, m] (navigator scores of the parts),
       'boxes' [B, m, 4] (y0, x0, y1, x1 in input pixels), 'box_valid' [B, m] (False where
-      NMS ran out of boxes), 'anchor_scores' [B, A].
+      NMS ran out of boxes), 'anchor_scores' [B, A] (the navigator's); with a navigator
+      guide also 'guide_logits' [B, C].
     """
     del labels
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
@@ -114,8 +120,12 @@ class NTSNet(nn.Module):
                                      grid=self.anchor_grid,
                                      reference_size=self.reference_size)
 
+    selection, guide_logits = regions.guide_anchor_scores(
+        features['stage4'], anchor_scores, anchors, (height, width),
+        num_classes=self.num_classes, guide=self.navigator_guide, weight=self.guide_weight,
+        train=train)
     indices, valid, boxes, part_features = regions.zoom_and_describe(
-        backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
+        backbone, images, anchors, selection, num=self.proposal_num, iou=self.nms_iou,
         pad_px=pad_px, part_px=part_px, train=train,
         separate_stats=self.separate_part_stats)
     return {
@@ -126,11 +136,13 @@ class NTSNet(nn.Module):
         'boxes': boxes,
         'box_valid': valid,
         'anchor_scores': anchor_scores,
+        **({} if guide_logits is None else {'guide_logits': guide_logits}),
     }
 
   @staticmethod
   def per_example_losses(outputs, labels):
-    """Per-example loss terms [B]: 'loss' = global + rank + concat + part."""
+    """Per-example loss terms [B]: 'loss' = global + rank + concat + part (+ guide, the
+    guide classifier's cross-entropy, with a navigator guide)."""
     part_ce = ranking.part_cross_entropy(outputs['part_logits'], labels)   # [B, m]
     losses = {
         'loss_global': ranking.cross_entropy(outputs['global_logits'], labels),
@@ -138,5 +150,7 @@ class NTSNet(nn.Module):
         'loss_concat': ranking.cross_entropy(outputs['logits'], labels),
         'loss_part': jnp.mean(part_ce, axis=1),
     }
+    if 'guide_logits' in outputs:
+      losses['loss_guide'] = ranking.cross_entropy(outputs['guide_logits'], labels)
     losses['loss'] = sum(losses.values())
     return losses

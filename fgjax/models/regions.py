@@ -14,14 +14,33 @@ separate_part_stats=True the backbone keeps one set of running averages for imag
 and one for parts (resnet.BatchNorm domains); convolutions and BatchNorm scale and
 bias stay shared, and both sets start from the pretrained averages.
 False reproduces the references.
+
+Navigator guide (`navigator_guide`, our reading, not in the papers; default 'none'): NTS-Net's
+navigator learns only from its Teacher, the part classifier, and the Teacher learns only
+from the parts the navigator picks. On CUB an ImageNet backbone makes almost every bird part
+informative from the first step; where one small detail decides the class, the parts
+rarely hold it, the part classifier stays at chance, the ranking targets are noise and the
+navigator settles on boxes away from the detail (README, parts benchmark). The guide
+breaks that loop with a class activation prior, FDL's attention: a classifier `guide_fc` on
+the gradient-stopped stage4 map, trained by its own cross-entropy ('guide_logits'; it
+changes neither the backbone nor the navigator), its maps max-pooled over classes,
+smoothed (sigma 1 cell), scored per anchor by box mean (receptive-field registration,
+padding counted as the least attended value) and standardised over the anchors of each
+image. NMS then orders anchors by navigator score + `guide_weight` x prior: 'train' in
+training only, so the parts hold the detail early, the Teacher learns, and the navigator
+learns to rank from informative targets while evaluation uses the navigator alone;
+'always' at evaluation too. The ranking loss and SSANet's alignment constraint still read
+the navigator's own scores.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from fgjax.models import navigator as navigator_lib
 from fgjax.models import resnet
 from fgjax.ops import anchors as anchors_lib
+from fgjax.ops import cam_attention
 from fgjax.ops import crop
 from fgjax.ops import nms
 
@@ -53,6 +72,45 @@ def navigate(stage4, num_anchors: int, image_hw, *, width: int, dtype, grid: str
     raise ValueError(f'{scores.shape[1]} navigator scores for {num_anchors} anchors at input '
                      f'{image_hw[0]}x{image_hw[1]}: the backbone stride is not 32.')
   return scores
+
+
+GUIDES = ('none', 'train', 'always')
+GUIDE_SMOOTH_SIGMA = 1.0  # FDL's default smoothing, in map cells.
+FEATURE_STRIDE = 32  # Output stride of the backbone's stage4: input pixels per map cell.
+
+
+def guide_anchor_scores(stage4, anchor_scores, anchors, image_hw, *, num_classes: int,
+                        guide: str, weight: float, train: bool):
+  """The scores NMS orders anchors by, and the guide's logits (module docstring).
+
+  Args:
+    stage4: [B, h, w, n] backbone map (gradient stopped here).
+    anchor_scores: navigator scores [B, A].
+    anchors: [A, 4] boxes in input pixels.
+    image_hw: (H, W) of the input.
+    num_classes: C of the guide classifier (submodule 'guide_fc' of the caller).
+    guide: 'none', 'train' or 'always'.
+    weight: multiplier of the standardised prior.
+    train: training mode.
+
+  Returns:
+    (selection scores [B, A], guide logits [B, C] or None when guide='none').
+  """
+  if guide not in GUIDES:
+    raise ValueError(f'Unknown navigator_guide {guide!r}; valid: {list(GUIDES)}.')
+  if guide == 'none':
+    return anchor_scores, None
+  maps = nn.Dense(num_classes, dtype=jnp.float32, name='guide_fc')(
+      lax.stop_gradient(stage4).astype(jnp.float32))                    # [B, h, w, C]
+  attention = cam_attention.gaussian_smooth(jnp.max(maps, axis=-1), GUIDE_SMOOTH_SIGMA)
+  prior = cam_attention.box_mean_scores(attention, jnp.asarray(anchors), image_hw,
+                                        alignment='receptive_field', padding='min',
+                                        stride=FEATURE_STRIDE)
+  prior = (prior - jnp.mean(prior, axis=1, keepdims=True)) / (
+      jnp.std(prior, axis=1, keepdims=True) + 1e-6)
+  use = guide == 'always' or train
+  selection = anchor_scores + weight * lax.stop_gradient(prior) if use else anchor_scores
+  return selection, jnp.mean(maps, axis=(1, 2))
 
 
 def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int, grid: str):

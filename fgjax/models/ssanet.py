@@ -55,7 +55,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fgjax.models import fdl
 from fgjax.models import nts
 from fgjax.models import regions
 from fgjax.ops import cam_attention
@@ -205,8 +204,9 @@ class SSANet(nn.Module):
       stage4 cell u centred on pixel 32u, as the backbone sees it; 'top_left': the
       original replication rule, half a cell off; fgjax.ops.cam_attention).
     proposal_num, cat_num, nms_iou, part_size, pad, reference_size, dropout_rate,
-    navigator_width, separate_part_stats, anchor_grid: as in fgjax.models.nts.NTSNet
-    (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'feature').
+    navigator_width, separate_part_stats, anchor_grid, navigator_guide, guide_weight: as in
+    fgjax.models.nts.NTSNet (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'feature', 'none',
+    2.0).
   """
   num_classes: int
   backbone: str = 'resnet50'
@@ -234,6 +234,8 @@ class SSANet(nn.Module):
   navigator_width: int = 128
   separate_part_stats: bool = True
   anchor_grid: str = 'feature'
+  navigator_guide: str = 'none'
+  guide_weight: float = 2.0
   map_alignment: str = 'receptive_field'
 
   def _image_descriptor(self, features):
@@ -268,7 +270,8 @@ class SSANet(nn.Module):
       'part_scores' [B, m], 'boxes' [B, m, 4] (y0, x0, y1, x1 in input pixels),
       'box_valid' [B, m], 'anchor_scores' [B, A]; with use_dsm 'shift_probs' [B, S];
       with use_op 'orientation_weights' [B, K]; with use_mac 'object_mask' [B, h, w] and
-      'loss_mac' [B] (already weighted by mac_weight).
+      'loss_mac' [B] (already weighted by mac_weight); with a navigator guide
+      'guide_logits' [B, C].
     """
     del labels
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
@@ -288,12 +291,16 @@ class SSANet(nn.Module):
     if self.use_mac:
       mask = object_mask(features['stage4'], self.mac_kernel)
       inside = anchor_inside_fraction(mask, anchors, (height, width),
-                                      alignment=self.map_alignment, stride=fdl.FEATURE_STRIDE)
+                                      alignment=self.map_alignment, stride=regions.FEATURE_STRIDE)
       outputs['object_mask'] = mask
       outputs['loss_mac'] = self.mac_weight * alignment_penalty(anchor_scores, inside)
 
+    selection, guide_logits = regions.guide_anchor_scores(
+        features['stage4'], anchor_scores, anchors, (height, width),
+        num_classes=self.num_classes, guide=self.navigator_guide, weight=self.guide_weight,
+        train=train)
     indices, valid, boxes, part_features = regions.zoom_and_describe(
-        backbone, images, anchors, anchor_scores, num=self.proposal_num, iou=self.nms_iou,
+        backbone, images, anchors, selection, num=self.proposal_num, iou=self.nms_iou,
         pad_px=pad_px, part_px=part_px, train=train,
         separate_stats=self.separate_part_stats)
 
@@ -306,6 +313,8 @@ class SSANet(nn.Module):
         'box_valid': valid,
         'anchor_scores': anchor_scores,
     })
+    if guide_logits is not None:
+      outputs['guide_logits'] = guide_logits
     return outputs
 
   @staticmethod
