@@ -4,7 +4,9 @@
 (`<workdir>/<method>_s<seed>`) with `train.train_and_evaluate`, evaluates its final
 checkpoint (accuracy of the prediction and of every head; for region models where their
 boxes go, fgjax.localization), and writes `<run>/result.json` once the pair is done. A
-rerun skips pairs that have a result.json and resumes the others from their checkpoints.
+rerun skips pairs that have a result.json and resumes the others from their checkpoints;
+a run whose stored config.json differs from the requested one in a key that decides it
+(every key but the other methods' sections) stops the comparison with the keys named.
 The summary goes to `<workdir>/comparison.json`, a text table (`format_table`) and a bar
 chart (`comparison.png`, `draw_chart`).
 
@@ -65,6 +67,31 @@ def method_config(config_path: str, method: str, seed: int, overrides=()):
   return config
 
 
+def _flat_json(config) -> dict:
+  """Dotted key -> value, through JSON (tuples become lists, as in a stored config.json)."""
+  def flat(d, prefix=''):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from flat(v, f'{prefix}{k}.')
+      else:
+        yield f'{prefix}{k}', v
+  return dict(flat(json.loads(config.to_json_best_effort())))
+
+
+def config_differences(config, run_dir: str) -> list[str]:
+  """'key: stored X, requested Y' for each key deciding this run that differs from the
+  config stored in `run_dir` (none when it holds no config.json yet). Keys of the other
+  methods' sections (model.<other>.*) do not decide the run and are left out."""
+  from fgjax import inference  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(os.path.join(run_dir, 'config.json')):
+    return []
+  stored, wanted = _flat_json(inference.load_config(run_dir)), _flat_json(config)
+  others = tuple(f'model.{m}.' for m in config_lib.METHODS if m != config.model.name)
+  return [f'{k}: stored {stored.get(k)!r}, requested {wanted.get(k)!r}'
+          for k in sorted(set(stored) | set(wanted))
+          if not k.startswith(others) and stored.get(k) != wanted.get(k)]
+
+
 def _train_seconds(metrics_path: str, batch_size: int) -> tuple[float, float]:
   """(seconds of logged training, images/s) from a run's metrics.jsonl."""
   seconds, images, last = 0.0, 0, 0
@@ -85,6 +112,10 @@ def run_one(config, run_dir: str, log=print) -> dict:
   from fgjax import localization  # pylint: disable=g-import-not-at-top
   from fgjax import train  # pylint: disable=g-import-not-at-top
   result_path = os.path.join(run_dir, 'result.json')
+  differences = config_differences(config, run_dir)
+  if differences:
+    raise ValueError(f'{run_dir} holds a run of another config ({"; ".join(differences)}); '
+                     'compare into another --workdir, or delete that run to retrain it.')
   if os.path.exists(result_path):
     with open(result_path) as f:
       return json.load(f)
