@@ -99,6 +99,24 @@ def load_run(workdir: str, which: str = 'best') -> Run:
   return Run(config, model, state, class_names, path)
 
 
+def with_navigator_guide(run: Run, guide: str) -> Run:
+  """An nts / ssanet run trained with a navigator guide, evaluated with `guide`: 'train'
+  (the navigator alone, as the papers' models) or 'always' (with the class activation
+  prior, fgjax.models.regions). The weights are the same; only what NMS orders by changes."""
+  method = run.config.model.name
+  trained = run.config.model[method].navigator_guide if method in ('nts', 'ssanet') else 'none'
+  if trained == 'none':
+    raise ValueError(f'{run.checkpoint_path}: this {method} run was trained without a navigator '
+                     'guide; evaluating with one needs an nts or ssanet run trained with '
+                     f"model.{method}.navigator_guide 'train' or 'always'.")
+  if guide not in ('train', 'always'):
+    raise ValueError(f"navigator guide {guide!r} at evaluation: expected 'train' or 'always'.")
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  config.model[method].navigator_guide = guide
+  config.lock()
+  return dataclasses.replace(run, config=config, model=run.model.clone(navigator_guide=guide))
+
+
 def load_images(paths, spec: pipeline.ImageSpec) -> np.ndarray:
   """Image files -> uint8 [N, S, S, 3], preprocessed exactly as evaluation does."""
   transform = pipeline.eval_transform(spec)

@@ -1,11 +1,13 @@
 r"""Evaluates a trained run on its eval split (exact: every image counts once).
 
   python launch/evaluate.py --workdir=runs/cub_fdl [--checkpoint=best|latest] \
-      [--split=test] [--batch_size=64] [--localization]
+      [--split=test] [--batch_size=64] [--localization] [--navigator_guide=always]
 
 Reads the run's config.json; prints accuracy and loss, and the checkpoint used; for the
 region models also each classifier head's own accuracy and each loss term, and with
 --localization (parts benchmark and demo) where their boxes go (fgjax.localization).
+--navigator_guide evaluates an nts / ssanet run trained with a navigator guide with
+('always') or without ('train', the navigator alone) the class activation prior.
 """
 
 from absl import app
@@ -18,6 +20,10 @@ flags.DEFINE_string('split', None, 'Split to evaluate (default: the config\'s ev
 flags.DEFINE_integer('batch_size', None, 'Global eval batch size (default: the config\'s).')
 flags.DEFINE_bool('localization', False, 'Region models on the parts benchmark or the demo: '
                   'also report how often their boxes hold the class detail.')
+flags.DEFINE_enum('navigator_guide', None, ['train', 'always'],
+                  'nts / ssanet runs trained with a navigator guide: evaluate with the navigator '
+                  "alone ('train') or with the class activation prior ('always'); default: as "
+                  'trained.')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
@@ -28,6 +34,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Progress lines only; --verbosity=0 for all logs.
   from fgjax import inference  # pylint: disable=g-import-not-at-top
   run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+  if FLAGS.navigator_guide:
+    run = inference.with_navigator_guide(run, FLAGS.navigator_guide)
   result = inference.evaluate_loaded(run, split=FLAGS.split, batch_size=FLAGS.batch_size)
   print(f'{result["checkpoint"]}: accuracy {result["accuracy"]:.4f}, loss {result["loss"]:.4f} '
         f'on {result["count"]} images of split {result["split"]!r}')

@@ -146,3 +146,34 @@ def test_guide_loss_trains_only_the_guide(name):
   others = grads(['loss_global', 'loss_concat', 'loss_part', 'loss_rank'])
   assert total(others['guide_fc']) == 0.0
   assert total(others['navigator']) > 0 and total(others['backbone']) > 0
+
+
+def test_a_guided_run_evaluates_with_or_without_the_prior():
+  from fgjax import config_lib  # pylint: disable=g-import-not-at-top
+  from fgjax import inference  # pylint: disable=g-import-not-at-top
+  from fgjax import train  # pylint: disable=g-import-not-at-top
+  from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.model.name, config.model.backbone = 'nts', 'resnet_tiny'
+  config.model.nts.navigator_guide, config.model.nts.guide_weight = 'train', 1e6
+  config.data.image_size = 64
+  model, _, tx = train.build_model_and_optimizer(config, NUM_CLASSES, steps_per_epoch=1)
+  state = ts.create_train_state(model, tx, jax.random.key(3), 64)
+  run = inference.Run(config, model, state, [str(c) for c in range(NUM_CLASSES)], 'here')
+  images = np.asarray(jax.random.randint(jax.random.key(4), (4, 64, 64, 3), 0, 256), np.uint8)
+  _, alone = run.predict(images)
+  always = inference.with_navigator_guide(run, 'always')
+  assert always.config.model.nts.navigator_guide == 'always'
+  assert run.config.model.nts.navigator_guide == 'train'
+  _, guided = always.predict(images)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  want = build('nts', 'always', 1e6).apply(variables, ts.normalise(images), train=False)
+  np.testing.assert_array_equal(guided, np.asarray(want['boxes']))
+  anchors = np.asarray(regions.anchors_and_sizes((64, 64), 224, 224, 448, 'feature')[0])
+  np.testing.assert_array_equal(alone[:, 0], anchors[np.argmax(want['anchor_scores'], 1)])
+  assert not np.array_equal(alone, guided)
+  with pytest.raises(ValueError, match="expected 'train' or 'always'"):
+    inference.with_navigator_guide(run, 'none')
+  config.model.nts.navigator_guide = 'none'
+  with pytest.raises(ValueError, match='here: this nts run was trained without a navigator guide'):
+    inference.with_navigator_guide(run, 'always')
