@@ -84,8 +84,8 @@ def cell_region_boxes(image_hw, region_size: int, pad: int = 224, reference_size
                      f'{list(cam_attention.ALIGNMENTS)}.')
   offset = (cam_attention.RECEPTIVE_FIELD_CENTRE if map_alignment == 'receptive_field'
             else None)
-  level = anchors_lib.AnchorLevel(stride=regions.FEATURE_STRIDE, size=region_size, scales=(1.0,),
-                                  aspect_ratios=(1.0,), centre_offset=offset)
+  level = anchors_lib.AnchorLevel(stride=regions.FEATURE_STRIDE, size=region_size,
+                                  scales=(1.0,), aspect_ratios=(1.0,), centre_offset=offset)
   return anchors_lib.region_anchors(image_hw, pad, levels=(level,),
                                     reference_size=reference_size)
 

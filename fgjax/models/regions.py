@@ -15,22 +15,22 @@ and one for parts (resnet.BatchNorm domains); convolutions and BatchNorm scale a
 bias stay shared, and both sets start from the pretrained averages.
 False reproduces the references.
 
-Navigator guide (`navigator_guide`, our reading, not in the papers; default 'none'): NTS-Net's
-navigator learns only from its Teacher, the part classifier, and the Teacher learns only
-from the parts the navigator picks. On CUB an ImageNet backbone makes almost every bird part
-informative from the first step; where one small detail decides the class, the parts
-rarely hold it, the part classifier stays at chance, the ranking targets are noise and the
-navigator settles on boxes away from the detail (README, parts benchmark). The guide
-breaks that loop with a class activation prior, FDL's attention: a classifier `guide_fc` on
-the gradient-stopped stage4 map, trained by its own cross-entropy ('guide_logits'; it
-changes neither the backbone nor the navigator), its maps max-pooled over classes,
-smoothed (sigma 1 cell), scored per anchor by box mean (receptive-field registration,
-padding counted as the least attended value) and standardised over the anchors of each
-image. NMS then orders anchors by navigator score + `guide_weight` x prior: 'train' in
-training only, so the parts hold the detail early, the Teacher learns, and the navigator
-learns to rank from informative targets while evaluation uses the navigator alone;
-'always' at evaluation too. The ranking loss and SSANet's alignment constraint still read
-the navigator's own scores.
+Navigator guide (`navigator_guide`, our reading, not in the papers; default 'none'):
+NTS-Net's navigator learns only from its Teacher, the part classifier, and the Teacher
+learns only from the parts the navigator picks. On CUB an ImageNet backbone makes almost
+every bird part informative from the first step; where one small detail decides the class,
+the parts rarely hold it, the part classifier stays at chance, the ranking targets are
+noise and the navigator settles on boxes away from the detail (README, parts benchmark).
+The guide breaks that loop with a class activation prior, FDL's attention: a classifier
+`guide_fc` on the gradient-stopped stage4 map, trained by its own cross-entropy
+('guide_logits'; it changes neither the backbone nor the navigator), its maps (bias
+included) max-pooled over classes, smoothed (sigma 1 cell), scored per anchor by box mean
+(receptive-field registration, padding counted as the least attended value) and
+standardised over the anchors of each image. NMS then orders anchors by navigator score +
+`guide_weight` x prior: 'train' in training only, so the parts hold the detail early, the
+Teacher learns, and the navigator learns to rank from informative targets while
+evaluation uses the navigator alone; 'always' at evaluation too. The ranking loss and
+SSANet's alignment constraint still read the navigator's own scores.
 """
 
 import flax.linen as nn
