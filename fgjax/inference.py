@@ -106,9 +106,9 @@ def with_navigator_guide(run: Run, guide: str) -> Run:
   method = run.config.model.name
   trained = run.config.model[method].navigator_guide if method in ('nts', 'ssanet') else 'none'
   if trained == 'none':
-    raise ValueError(f'{run.checkpoint_path}: this {method} run was trained without a navigator '
-                     'guide; evaluating with one needs an nts or ssanet run trained with '
-                     f"model.{method}.navigator_guide 'train' or 'always'.")
+    raise ValueError(f'{run.checkpoint_path}: this {method} run was trained without a '
+                     'navigator guide; choosing the guide at evaluation needs an nts or ssanet '
+                     f"run trained with model.{method}.navigator_guide 'train' or 'always'.")
   if guide not in ('train', 'always'):
     raise ValueError(f"navigator guide {guide!r} at evaluation: expected 'train' or 'always'.")
   config = ml_collections.ConfigDict(run.config.to_dict())
