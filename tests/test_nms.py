@@ -98,6 +98,22 @@ def test_threshold_is_strict_and_iou_has_no_plus_one():
   np.testing.assert_array_equal(np.asarray(valid), [True, False])
 
 
+def test_iou_equal_to_the_threshold_suppresses():
+  # 40 / 160 = 0.25 exactly in float32: NTS-Net's threshold, where `>` and `>=` part ways
+  # (728 anchor pairs at 448 have an IoU of exactly 0.25).
+  boxes = jnp.array([[0.0, 0.0, 10.0, 10.0], [0.0, 6.0, 10.0, 16.0], [20.0, 0.0, 30.0, 10.0]])
+  assert iou_loop(np.asarray(boxes[0]), np.asarray(boxes[1])) == 0.25
+  assert float(nms.box_iou(boxes[0], boxes)[1]) == 0.25
+  scores = jnp.array([1.0, 0.9, 0.5])
+  idx, valid = nms_jit(boxes, scores, 2, 0.25)
+  np.testing.assert_array_equal(np.asarray(idx), [0, 2])
+  np.testing.assert_array_equal(np.asarray(valid), [True, True])
+  want_idx, want_valid = greedy_loop(np.asarray(boxes), [1.0, 0.9, 0.5], 2, 0.25)
+  np.testing.assert_array_equal(np.asarray(idx), want_idx)
+  batched, _ = nms.batched_greedy_nms(boxes, scores[None], 2, 0.25)
+  np.testing.assert_array_equal(np.asarray(batched)[0], want_idx)
+
+
 def test_batched_shared_and_per_image_boxes():
   rng = np.random.default_rng(3)
   boxes = random_boxes(rng, 30)

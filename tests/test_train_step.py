@@ -117,6 +117,36 @@ def test_first_sgd_step_matches_pytorch_formula_with_backbone_multiplier():
       np.testing.assert_allclose(u, expected, rtol=1e-5, atol=1e-9)
 
 
+def test_sgd_steps_follow_pytorch_with_decay_before_momentum():
+  """Five steps across an lr decay against a float64 loop of torch.optim.SGD's rule:
+  d = g + wd p; buf = d on the first step, else momentum buf + d; p -= lr(step) mult buf.
+  After the first step the momentum buffer is no longer the gradient, so the order of
+  weight decay and momentum shows."""
+  schedule = ts.lr_schedule(0.1, steps_per_epoch=2, decay_epochs=1, decay_factor=0.1,
+                            total_epochs=3)
+  tx = ts.make_optimizer(schedule, momentum=0.9, weight_decay=0.05, backbone_lr_mult=0.1)
+  rng = np.random.default_rng(3)
+  params = {'backbone': {'w': rng.normal(size=(3, 2)).astype(np.float32)},
+            'head': {'w': rng.normal(size=(4,)).astype(np.float32)}}
+  want = {k: np.float64(v['w']) for k, v in params.items()}
+  buffers = {k: None for k in params}
+  mults = {'backbone': 0.1, 'head': 1.0}
+  opt_state = tx.init(params)
+  update = jax.jit(tx.update)
+  for step in range(5):
+    grads = {k: {'w': rng.normal(size=v['w'].shape).astype(np.float32)}
+             for k, v in params.items()}
+    updates, opt_state = update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    lr = 0.1 * 0.1 ** (step // 2)
+    for k in want:
+      d = np.float64(grads[k]['w']) + 0.05 * want[k]
+      buffers[k] = d if buffers[k] is None else 0.9 * buffers[k] + d
+      want[k] = want[k] - lr * mults[k] * buffers[k]
+    for k in want:
+      np.testing.assert_allclose(np.asarray(params[k]['w']), want[k], rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_clipping_scales_the_whole_gradient_before_decay():
   rng = np.random.default_rng(3)
   params = {'backbone': {'w': jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)},
