@@ -9,6 +9,7 @@ import pytest
 
 from fgjax.models import fdl
 from fgjax.models import nts
+from fgjax.models import regions
 from fgjax.models import resnet
 from fgjax.ops import anchors
 from fgjax.ops import cam_attention
@@ -55,6 +56,24 @@ def test_nts_shapes_and_deterministic_eval(nts_setup):
   assert set(losses) == {'loss', 'loss_global', 'loss_rank', 'loss_concat', 'loss_part'}
   for value in losses.values():
     assert value.shape == (2,) and np.all(np.isfinite(np.asarray(value)))
+
+
+def test_nts_parts_are_the_nms_picks_with_their_own_scores(nts_setup):
+  """Boxes = greedy NMS (a plain loop) on the navigator's scores; 'part_scores' are the
+  scores of exactly those anchors (not the top-k before NMS)."""
+  from test_nms import greedy_loop  # pylint: disable=g-import-not-at-top
+  _, variables, eval_fn = nts_setup
+  out = eval_fn(variables, IMAGES)
+  anchors = np.asarray(regions.anchors_and_sizes((64, 64), 224, 224, 448, 'feature')[0])
+  scores = np.asarray(out['anchor_scores'])
+  for b in range(2):
+    picks, valid = greedy_loop(anchors, list(scores[b]), 6, 0.25)
+    np.testing.assert_array_equal(np.asarray(out['boxes'][b]), anchors[picks])
+    np.testing.assert_array_equal(np.asarray(out['part_scores'][b]), scores[b, picks])
+    np.testing.assert_array_equal(np.asarray(out['box_valid'][b]), valid)
+  # NMS matters here: the six best anchors are not the six kept.
+  assert any(set(np.argsort(-scores[b])[:6]) != set(greedy_loop(anchors, list(scores[b]), 6,
+                                                                0.25)[0]) for b in range(2))
 
 
 def test_nts_navigator_learns_only_from_ranking(nts_setup):
