@@ -73,6 +73,45 @@ def test_crop_window_resize_equals_full_resize_then_crop(mode, crop_bottom):
     assert diff.max() <= 2 and np.mean(diff > 0) < 0.2  # Fixed-point rounding only.
 
 
+def _noise_example(seed=0, size=(50, 37)):
+  """An asymmetric image (random noise, PNG) as the pipeline reads it."""
+  pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), np.uint8)
+  return {'image': _encode(PIL.Image.fromarray(pixels)), 'label': 0, 'crop_bottom': 0}
+
+
+def _full_resize(example, resize_size):
+  """Reference: PIL's bilinear resize of the whole decoded image."""
+  img = PIL.Image.open(io.BytesIO(example['image'])).convert('RGB')
+  return np.asarray(img.resize((resize_size, resize_size), PIL.Image.BILINEAR), np.int32)
+
+
+def test_eval_transform_is_full_resize_then_centre_crop():
+  example, spec = _noise_example(), pipeline.ImageSpec(image_size=24, resize_size=32)
+  full = _full_resize(example, 32)
+  got = pipeline.eval_transform(spec)(example)['image'].astype(np.int32)
+  assert np.abs(got - full[4:28, 4:28]).max() <= 1
+  assert np.abs(got - full[:24, :24]).mean() > 20  # A corner crop would not pass.
+
+
+def test_train_transform_crops_anywhere_and_flips_half_the_time():
+  """Each augmented image is (up to PIL's +-1 rounding) one window of the full resize,
+  mirrored or not; over 200 draws the windows spread and about half are mirrored."""
+  example, spec = _noise_example(1), pipeline.ImageSpec(image_size=24, resize_size=32)
+  full = _full_resize(example, 32)
+  transform = pipeline.train_transform(spec)
+  windows = {(t, l, f): (full[t:t + 24, l:l + 24, :][:, ::-1] if f else full[t:t + 24, l:l + 24])
+             for t in range(9) for l in range(9) for f in (False, True)}
+  found = []
+  for i in range(200):
+    got = transform(example, np.random.default_rng(i))['image'].astype(np.int32)
+    key = min(windows, key=lambda k: np.abs(got - windows[k]).max())
+    assert np.abs(got - windows[key]).max() <= 1, i
+    found.append(key)
+  flips = sum(f for _, _, f in found)
+  assert 70 <= flips <= 130  # Binomial(200, 1/2): outside with probability < 1e-5.
+  assert len({t for t, _, _ in found}) == 9 and len({l for _, l, _ in found}) == 9
+
+
 def test_train_iterator_shapes_and_augmentation():
   spec = pipeline.ImageSpec(image_size=12, resize_size=16)
   it = pipeline.make_train_iterator(ListSource(40), spec, global_batch_size=8, seed=0,
