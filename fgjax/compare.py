@@ -69,13 +69,7 @@ def method_config(config_path: str, method: str, seed: int, overrides=()):
 
 def _flat_json(config) -> dict:
   """Dotted key -> value, through JSON (tuples become lists, as in a stored config.json)."""
-  def flat(d, prefix=''):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        yield from flat(v, f'{prefix}{k}.')
-      else:
-        yield f'{prefix}{k}', v
-  return dict(flat(json.loads(config.to_json_best_effort())))
+  return config_lib.flatten(json.loads(config.to_json_best_effort()))
 
 
 def config_differences(config, run_dir: str) -> list[str]:

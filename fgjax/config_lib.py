@@ -188,22 +188,23 @@ CHOICES = {
     'model.fdl.map_alignment': ('receptive_field', 'top_left'),
     'model.fdl.padding_score': ('min', 'inside'),
     'model.ssanet.anchor_grid': ('scaled', 'feature'),
-    'model.nts.navigator_guide': ('none', 'train', 'always'),
-    'model.ssanet.navigator_guide': ('none', 'train', 'always'),
 }
 
 
-def _flat_keys(config, prefix=''):
-  for k, v in config.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      yield from _flat_keys(v, f'{prefix}{k}.')
+def flatten(tree, prefix: str = '') -> dict:
+  """Dotted key -> value of a nested config or dict ({'train.batch_size': 16, ...})."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
-      yield f'{prefix}{k}'
+      out[f'{prefix}{k}'] = v
+  return out
 
 
 def valid_keys() -> list[str]:
   """Every config key, dotted ('train.batch_size')."""
-  return sorted(_flat_keys(base_config()))
+  return sorted(flatten(base_config()))
 
 
 def unknown_keys_message(unknown) -> str:
@@ -219,12 +220,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key and the valid values for a bad config."""
   # Imported here: models import jax/flax, which configs must not need.
   from fgjax import models  # pylint: disable=g-import-not-at-top
+  from fgjax.models import regions  # pylint: disable=g-import-not-at-top
   from fgjax.models import resnet  # pylint: disable=g-import-not-at-top
-  unknown = set(_flat_keys(config)) - set(valid_keys())
+  unknown = set(flatten(config)) - set(valid_keys())
   if unknown:
     raise ValueError(unknown_keys_message(unknown))
   choices = {**CHOICES, 'model.name': tuple(models.MODELS),
-             'model.backbone': tuple(resnet.BACKBONES)}
+             'model.backbone': tuple(resnet.BACKBONES),
+             'model.nts.navigator_guide': regions.GUIDES,
+             'model.ssanet.navigator_guide': regions.GUIDES}
   for key, valid in choices.items():
     value = config
     for part in key.split('.'):

@@ -39,20 +39,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     values = json.load(f)
   config = config_lib.base_config()
   config.unlock()
-  config.update_from_flattened_dict(_flatten(values))
+  config.update_from_flattened_dict(config_lib.flatten(values))
   config.lock()
   config_lib.validate(config)
   return config
-
-
-def _flatten(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 @dataclasses.dataclass
@@ -104,8 +94,7 @@ def with_navigator_guide(run: Run, guide: str) -> Run:
   (the navigator alone, as the papers' models) or 'always' (with the class activation
   prior, fgjax.models.regions). The weights are the same; only what NMS orders by changes."""
   method = run.config.model.name
-  trained = run.config.model[method].navigator_guide if method in ('nts', 'ssanet') else 'none'
-  if trained == 'none':
+  if run.config.model.get(method, {}).get('navigator_guide', 'none') == 'none':
     raise ValueError(f'{run.checkpoint_path}: this {method} run was trained without a '
                      'navigator guide; choosing the guide at evaluation needs an nts or ssanet '
                      f"run trained with model.{method}.navigator_guide 'train' or 'always'.")

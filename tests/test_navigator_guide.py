@@ -130,7 +130,7 @@ def test_guide_picks_the_parts_and_ranking_reads_the_navigator(name):
 @pytest.mark.parametrize('name', ['nts', 'ssanet'])
 def test_guide_loss_trains_only_the_guide(name):
   model, variables = build(name, 'train'), guided_variables(name)
-  losses_of = getattr(MODELS[name], 'per_example_losses')
+  losses_of = MODELS[name].per_example_losses
 
   def grads(terms):
     def loss_fn(params):

@@ -102,15 +102,16 @@ def guide_anchor_scores(stage4, anchor_scores, anchors, image_hw, *, num_classes
     return anchor_scores, None
   maps = nn.Dense(num_classes, dtype=jnp.float32, name='guide_fc')(
       lax.stop_gradient(stage4).astype(jnp.float32))                    # [B, h, w, C]
+  logits = jnp.mean(maps, axis=(1, 2))
+  if guide == 'train' and not train:  # Evaluation by the navigator alone.
+    return anchor_scores, logits
   attention = cam_attention.gaussian_smooth(jnp.max(maps, axis=-1), GUIDE_SMOOTH_SIGMA)
   prior = cam_attention.box_mean_scores(attention, jnp.asarray(anchors), image_hw,
                                         alignment='receptive_field', padding='min',
                                         stride=FEATURE_STRIDE)
   prior = (prior - jnp.mean(prior, axis=1, keepdims=True)) / (
       jnp.std(prior, axis=1, keepdims=True) + 1e-6)
-  use = guide == 'always' or train
-  selection = anchor_scores + weight * lax.stop_gradient(prior) if use else anchor_scores
-  return selection, jnp.mean(maps, axis=(1, 2))
+  return anchor_scores + weight * lax.stop_gradient(prior), logits
 
 
 def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int, grid: str):
