@@ -2,13 +2,18 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import chex
 import numpy as np
 import pytest
 
+from fgjax import inference
 from fgjax import train
 from fgjax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_demo_trains_saves_restores_and_continues(tiny_config, tmp_path):
@@ -74,3 +79,29 @@ def test_non_finite_loss_stops_training(tiny_config, tmp_path):
   tiny_config.train.base_lr = 1e30
   with pytest.raises(train.NonFiniteLossError, match='step'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_eight_devices_equal_one_through_the_training_command(tiny_config, tmp_path):
+  """launch/train.py on 1 device and train_and_evaluate on 8, same config: the same
+  parameters and eval metrics (BatchNorm statistics are global over devices), so the
+  model the command builds averages its statistics over the device axis."""
+  tiny_config.train.epochs = 1
+  eight = train.train_and_evaluate(tiny_config, str(tmp_path / 'eight'))
+  overrides = [f'--config.{k}={v}' for k, v in (
+      ('data.data_dir', tiny_config.data.data_dir), ('data.builder_config', 'tiny'),
+      ('data.image_size', 32), ('data.resize_size', 36), ('train.batch_size', 16),
+      ('train.epochs', 1), ('eval.batch_size', 16))]
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'train.py'), '--config=configs/demo.py',
+       f'--workdir={tmp_path / "one"}', *overrides], cwd=REPO, capture_output=True, text=True,
+      timeout=600, env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '1 devices' in proc.stdout and int(eight['step']) == 6
+  one = inference.load_run(str(tmp_path / 'one'), 'latest').state
+  assert int(one.step) == 6
+  chex.assert_trees_all_close(one.params, eight['state'].params, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(one.batch_stats, eight['state'].batch_stats, rtol=1e-4,
+                              atol=1e-5)
+  evals = [json.loads(l) for l in open(tmp_path / 'one' / 'metrics.jsonl')]
+  final = [r for r in evals if r['split'] == 'eval'][-1]
+  np.testing.assert_allclose(final['loss'], eight['loss'], rtol=1e-4)

@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax.numpy as jnp
 import jax
 import numpy as np
@@ -194,6 +195,45 @@ def test_head_correct_scores_every_head_against_argmax():
                       ('correct_part_top1', outputs['part_logits'][:, 0])]:
     expected = [float(np.argmax(row) == y) for row, y in zip(logits, labels)]
     np.testing.assert_array_equal(np.asarray(got[key]), expected)
+
+
+class _DropoutProbe(nn.Module):
+  """Its loss is -sum(dropout(1) * w): the gradient of w is minus the (scaled) dropout
+  mask, so the SGD update of w shows the masks the step drew."""
+
+  @nn.compact
+  def __call__(self, images, labels=None, train=False):
+    w = self.param('w', nn.initializers.zeros, (64,))
+    kept = nn.Dropout(0.5, deterministic=not train)(jnp.ones((images.shape[0], 64)))
+    return {'logits': jnp.zeros((images.shape[0], 2)), 'loss': -jnp.sum(kept * w, axis=1)}
+
+  @staticmethod
+  def per_example_losses(outputs, labels):
+    return {'loss': outputs['loss']}
+
+
+def test_dropout_masks_differ_across_steps_and_devices():
+  model = _DropoutProbe()
+  tx = ts.make_optimizer(lambda step: 1.0, momentum=0.0, weight_decay=0.0, backbone_lr_mult=1.0)
+  state = ts.create_train_state(model, tx, jax.random.key(0), image_size=4)
+  parallel = ts.Parallel('pmap', jax.devices()[:8])
+  step = parallel.map(functools.partial(ts.train_step, model=model, tx=tx,
+                                        schedule=lambda s: 1.0, rng=jax.random.key(1)))
+  batch = {'image': np.zeros((8, 1, 4, 4, 3), np.uint8), 'label': np.zeros((8, 1), np.int32)}
+  state = parallel.replicate(state)
+  updates, previous = [], np.zeros(64)
+  for _ in range(3):
+    state, _ = step(state, batch)
+    w = np.asarray(parallel.to_host(state).params['w'], np.float64)
+    updates.append(w - previous)   # The mean over the 8 devices of their masks / 0.5.
+    previous = w
+  for update in updates:
+    # Each device keeps about half: mean of 8 x 64 draws of {0, 2}.
+    assert abs(update.mean() - 1.0) < 0.25
+    # The same mask on every device would give only 0 or 2 (chance 2^-7 per entry).
+    assert np.mean((update > 0.01) & (update < 1.99)) > 0.5
+  # Another step, other masks.
+  assert not np.allclose(updates[0], updates[1]) and not np.allclose(updates[1], updates[2])
 
 
 def test_parallel_rejects_unknown_mode():
