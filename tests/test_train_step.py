@@ -11,6 +11,7 @@ import pytest
 
 from fgjax import train_step as ts
 from fgjax.models import classifier
+from fgjax.models import resnet
 
 NUM_CLASSES = 5
 
@@ -56,6 +57,25 @@ def test_eight_devices_equal_one_device_on_the_same_global_batch():
   chex.assert_trees_all_close(state8.batch_stats, state1.batch_stats, rtol=2e-5, atol=2e-6)
   np.testing.assert_allclose(metrics8['loss'], metrics1['loss'], rtol=1e-5)
   assert int(state8.step) == 2
+
+
+def test_step_moves_running_statistics_towards_the_global_batch():
+  """After one step on 8 devices, the stem's running averages are momentum x the initial
+  ones + (1 - momentum) x the mean and variance of the stem convolution's output over
+  the whole global batch (a convolution computed here, outside the model)."""
+  _, _, _, initial = _setup()
+  state, _ = _run('pmap', jax.devices()[:8], steps=1)
+  images = ts.normalise(_batch(1, seed=0)['image'][0])
+  kernel = initial.params['backbone']['stem_conv']['kernel']
+  conv = np.asarray(jax.lax.conv_general_dilated(
+      images, kernel, (2, 2), [(3, 3), (3, 3)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision='highest'), np.float64)
+  momentum = resnet.BN_MOMENTUM
+  stats = state.batch_stats['backbone']['stem_bn']
+  np.testing.assert_allclose(stats['mean'], (1 - momentum) * conv.mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats['var'], momentum + (1 - momentum) * conv.var((0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
 
 
 def test_shard_map_agrees_with_pmap():
