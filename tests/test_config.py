@@ -1,6 +1,8 @@
 """Configs: every data set config loads and validates; bad keys and names are named."""
 
+import ast
 import importlib
+import re
 import subprocess
 import sys
 
@@ -51,10 +53,74 @@ def test_adding_a_key_fails():
     config.train.batchsize = 3
 
 
-def test_unknown_model_name_lists_valid_ones():
+# The validation rules, stated here independently of config_lib's own lists.
+_CHOICES = {
+    'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars'),
+    'data.sampler': ('random', 'class_balanced'),
+    'data.on_bad_image': ('error', 'skip'),
+    'model.name': ('resnet', 'nts', 'fdl', 'ssanet'),
+    'model.backbone': ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet_tiny'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.nts.anchor_grid': ('scaled', 'feature'),
+    'model.nts.navigator_guide': ('none', 'train', 'always'),
+    'model.fdl.cam_mode': ('max', 'single'),
+    'model.fdl.anchor_grid': ('scaled', 'feature'),
+    'model.fdl.map_alignment': ('receptive_field', 'top_left'),
+    'model.fdl.padding_score': ('min', 'inside'),
+    'model.ssanet.anchor_grid': ('scaled', 'feature'),
+    'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
+    'model.ssanet.navigator_guide': ('none', 'train', 'always'),
+    'train.parallelism': ('pmap', 'shard_map'),
+}
+_POSITIVE = ['train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',
+             'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
+             'train.eval_every_epochs', 'train.lr_decay_epochs']
+
+
+def _config(values: dict):
+  """base_config() with {dotted key: value} set."""
   config = config_lib.base_config()
-  config.model.name = 'ntsnet'
-  with pytest.raises(ValueError, match=r"model.name='ntsnet'.*'resnet'"):
+  for key, value in values.items():
+    *sections, name = key.split('.')
+    section = config
+    for s in sections:
+      section = section[s]
+    section[name] = value
+  return config
+
+
+@pytest.mark.parametrize('key', sorted(_CHOICES))
+def test_each_choice_accepts_its_values_and_names_them_on_a_bad_one(key):
+  for value in _CHOICES[key]:
+    config_lib.validate(_config({key: value}))
+  with pytest.raises(ValueError) as raised:
+    config_lib.validate(_config({key: 'bogus'}))
+  msg = str(raised.value)
+  assert f"config.{key}='bogus'" in msg
+  listed = re.search(r'valid values: (\[.*\])', msg)
+  assert listed and set(ast.literal_eval(listed.group(1))) == set(_CHOICES[key]), msg
+
+
+@pytest.mark.parametrize('key', _POSITIVE)
+def test_each_count_must_be_positive(key):
+  config_lib.validate(_config({key: 1}))
+  for bad in (0, -3):
+    with pytest.raises(ValueError, match=re.escape(f'config.{key} must be positive, got {bad}')):
+      config_lib.validate(_config({key: bad}))
+
+
+def test_resize_size_may_equal_but_not_undercut_image_size():
+  config_lib.validate(_config({'data.image_size': 64, 'data.resize_size': 64}))
+  with pytest.raises(ValueError, match=r'resize_size=63 .*image_size=64'):
+    config_lib.validate(_config({'data.image_size': 64, 'data.resize_size': 63}))
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+  config = config_lib.base_config()
+  config_lib.validate(config)
+  config.unlock()
+  config.train.batchsize = 3
+  with pytest.raises(ValueError, match=r"'train\.batchsize'.*-> train\.batch_size"):
     config_lib.validate(config)
 
 
