@@ -124,6 +124,19 @@ def test_train_iterator_shapes_and_augmentation():
   assert sorted(ids) == list(range(40)) and list(ids) != list(range(40))
 
 
+def test_the_seed_decides_the_order_and_each_epoch_reshuffles():
+  spec = pipeline.ImageSpec(image_size=12, resize_size=16)
+  def epochs(seed, n=2):
+    it = pipeline.make_train_iterator(ListSource(40), spec, global_batch_size=8, seed=seed,
+                                      num_devices=1)
+    return [np.concatenate([_ids(next(it)) for _ in range(5)]) for _ in range(n)]
+  first, again, other = epochs(0), epochs(0), epochs(1)
+  np.testing.assert_array_equal(np.stack(first), np.stack(again))   # Same seed, same order.
+  assert sorted(other[0]) == list(range(40))
+  assert list(first[0]) != list(other[0]) and list(first[1]) != list(other[1])
+  assert list(first[0]) != list(first[1])   # The second epoch is another permutation.
+
+
 def test_iterator_state_resumes_exactly():
   spec = pipeline.ImageSpec(image_size=8, resize_size=12)
   make = lambda: pipeline.make_train_iterator(ListSource(30), spec, global_batch_size=4,
