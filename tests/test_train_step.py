@@ -101,6 +101,13 @@ def test_train_step_traces_once():
   assert int(parallel.to_host(state).step) == 3
 
 
+def test_normalise_uses_the_imagenet_statistics_torchvision_weights_expect():
+  images = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 3), dtype=np.uint8)
+  mean = np.array([0.485, 0.456, 0.406]) * 255
+  std = np.array([0.229, 0.224, 0.225]) * 255
+  np.testing.assert_allclose(ts.normalise(images), (images - mean) / std, rtol=1e-6, atol=1e-6)
+
+
 def test_lr_schedule_steps_down_every_decay_epochs():
   schedule = ts.lr_schedule(0.01, steps_per_epoch=10, decay_epochs=40, decay_factor=0.1,
                             total_epochs=100)
