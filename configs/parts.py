@@ -13,7 +13,7 @@ runs/parts_pretrain (the ImageNet analogue), SGD momentum 0.9, lr 0.01 with the
 pretrained backbone at 0.1x, x0.1 after 7 of 10 epochs. FDL scores one region per
 attention-map cell, as its paper describes ("each pixel in M corresponds to a region"):
 96 px at 448, i.e. 48 px at 224, centred on the cell's receptive field. NTS-Net and SSANet
-train and are evaluated with the navigator guide (fgjax.models.regions; our reading).
+train and are evaluated with the navigator guide (model.regions.navigator_guide) (fgjax.models.regions; our reading).
 README.md has the results.
 """
 
@@ -32,8 +32,7 @@ def get_config(method: str = 'resnet'):
   c.model.fdl.region_size = 96  # One region per map cell (at 448; 48 px at 224).
   # NTS-Net's navigator (and SSANet's, the same) learns nothing here without the guide;
   # kept at test ('always'): the navigator alone ('train') varies with the seed (README).
-  c.model.nts.navigator_guide = 'always'
-  c.model.ssanet.navigator_guide = 'always'
+  c.model.regions.navigator_guide = 'always'  # nts and ssanet (fdl has no navigator).
   c.train.batch_size = 32
   c.train.epochs = 10
   c.train.base_lr = 0.01

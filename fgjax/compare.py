@@ -75,15 +75,19 @@ def _flat_json(config) -> dict:
 def config_differences(config, run_dir: str) -> list[str]:
   """'key: stored X, requested Y' for each key deciding this run that differs from the
   config stored in `run_dir` (none when it holds no config.json yet). Keys of the other
-  methods' sections (model.<other>.*) do not decide the run and are left out."""
+  methods' sections (model.<other>.*) and the shared model.regions keys this method's
+  model does not have do not decide the run and are left out."""
   from fgjax import inference  # pylint: disable=g-import-not-at-top
+  from fgjax import models  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(run_dir, 'config.json')):
     return []
   stored, wanted = _flat_json(inference.load_config(run_dir)), _flat_json(config)
   others = tuple(f'model.{m}.' for m in config_lib.METHODS if m != config.model.name)
+  used = {f'model.regions.{k}' for k in models.model_settings(config.model)}
+  unused = {k for k in wanted if k.startswith('model.regions.') and k not in used}
   return [f'{k}: stored {stored.get(k)!r}, requested {wanted.get(k)!r}'
           for k in sorted(set(stored) | set(wanted))
-          if not k.startswith(others) and stored.get(k) != wanted.get(k)]
+          if not k.startswith(others) and k not in unused and stored.get(k) != wanted.get(k)]
 
 
 def _train_seconds(metrics_path: str, batch_size: int) -> tuple[float, float]:
@@ -118,7 +122,7 @@ def run_one(config, run_dir: str, log=print) -> dict:
   metrics = train.train_and_evaluate(config, run_dir)
   result = {k: v for k, v in metrics.items()
             if isinstance(v, (int, float)) and k != 'step'}
-  if config.model.name in localization.TOP_KEYS:
+  if config.model.name in config_lib.REGION_METHODS:
     run = inference.load_run(run_dir, 'latest')
     result.update(localization.localization(run, split=config.data.eval_split))
   result['train_seconds'], result['images_per_s'] = _train_seconds(

@@ -41,41 +41,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pretrained_path = ''
   c.model.init_from = ''  # A checkpoint folder of another run to start from (params only).
 
-  # NTS-Net (fgjax/models/nts.py). Pixel sizes are given at reference_size and scaled
-  # by min(H, W) / reference_size for other inputs.
-  c.model.nts = ml_collections.ConfigDict()
-  c.model.nts.proposal_num = 6  # Parts kept after NMS (PROPOSAL_NUM).
-  c.model.nts.cat_num = 4  # Top parts in the concatenated feature (CAT_NUM).
-  c.model.nts.nms_iou = 0.25  # NMS keeps a box only if its IoU with every kept box is below this.
-  c.model.nts.part_size = 224  # Side of a zoomed part at reference_size.
-  c.model.nts.pad = 224  # Zero padding around the image at reference_size.
-  c.model.nts.reference_size = 448  # Input size the pixel sizes above refer to.
-  c.model.nts.dropout_rate = 0.5  # Dropout on pooled features, training only.
-  c.model.nts.navigator_width = 128  # Channels of the navigator's convolutions.
-  c.model.nts.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
-  c.model.nts.anchor_grid = 'feature'  # Strides of the maps; 'scaled': the 448 layout at any size.
-  # Class activation prior on the navigator's scores before NMS, our reading (README):
-  # 'none' (the paper), 'train' (training only) or 'always'.
-  c.model.nts.navigator_guide = 'none'
-  c.model.nts.guide_weight = 2.0  # Weight of the prior, standardised per image.
+  # Shared by the region models (nts, fdl, ssanet): how candidate boxes become parts.
+  # Each model takes the keys it has (fgjax.models.build_model); pixel sizes are given
+  # at reference_size and scaled by min(H, W) / reference_size for other inputs.
+  c.model.regions = ml_collections.ConfigDict()
+  c.model.regions.proposal_num = 6  # Regions kept after NMS (NTS-Net's PROPOSAL_NUM, FDL's m).
+  c.model.regions.cat_num = 4  # Top regions in the concatenated / hybrid feature (CAT_NUM, l).
+  c.model.regions.nms_iou = 0.25  # NMS keeps a box only if its IoU with every kept box is below.
+  c.model.regions.part_size = 224  # Side of a zoomed region at reference_size.
+  c.model.regions.pad = 224  # Zero padding around the image at reference_size.
+  c.model.regions.reference_size = 448  # Input size the pixel sizes above refer to.
+  c.model.regions.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
+  c.model.regions.anchor_grid = 'feature'  # Strides of the maps; 'scaled': the 448 layout at any size.
+  c.model.regions.dropout_rate = 0.5  # nts, ssanet: dropout on pooled features, training only.
+  c.model.regions.navigator_width = 128  # nts, ssanet: channels of the navigator's convolutions.
+  # nts, ssanet: class activation prior on the navigator's scores before NMS, our reading
+  # (README): 'none' (the paper), 'train' (training only) or 'always'.
+  c.model.regions.navigator_guide = 'none'
+  c.model.regions.guide_weight = 2.0  # Weight of the prior, standardised per image.
+
+  # NTS-Net (fgjax/models/nts.py) has no keys beyond model.regions.
 
   # FDL, "Learning to Focus and Discriminate" (fgjax/models/fdl.py).
   c.model.fdl = ml_collections.ConfigDict()
-  c.model.fdl.num_regions = 6  # m: regions zoomed in after NMS.
-  c.model.fdl.hybrid_regions = 4  # l: region features in the hybrid feature.
-  c.model.fdl.nms_iou = 0.25  # NMS threshold.
-  c.model.fdl.part_size = 224  # Side of a zoomed region at reference_size.
-  c.model.fdl.pad = 224  # Zero padding around the image at reference_size.
-  c.model.fdl.reference_size = 448  # Input size the pixel sizes above refer to.
   c.model.fdl.image_level_only = False  # Ablation: image-level classifier only, no regions.
   c.model.fdl.cam_mode = 'max'  # 'max' over all class maps (Eq. 2) or 'single' (ablation).
   c.model.fdl.smooth_sigma = 1.0  # Gaussian smoothing of the attention map, in map cells.
   c.model.fdl.smooth_kernel_size = ml_collections.config_dict.placeholder(int)  # None: 2*ceil(3 sigma)+1.
-  # None: NTS-Net's anchors; an int (160 in the paper) uses one box of this size per map cell.
+  # None: the anchors of model.regions; an int (160 in the paper) uses one box of this size
+  # per map cell.
   c.model.fdl.region_size = ml_collections.config_dict.placeholder(int)
   c.model.fdl.classifier_bias = True  # Bias in the image-level classifier (Eq. 1 has none).
-  c.model.fdl.separate_part_stats = True  # Own BatchNorm running averages for regions (README).
-  c.model.fdl.anchor_grid = 'feature'  # As model.nts.anchor_grid (with region_size None).
   # 'receptive_field': stage4 cell u centred on pixel 32u; 'top_left' (original): [32u, 32u+32).
   c.model.fdl.map_alignment = 'receptive_field'
   # 'min': box parts outside the image count as min M; 'inside' (original): mean over box ∩ image.
@@ -97,18 +93,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.ssanet.mac_weight = 1.0  # Weight of the alignment penalty.
   # How the object mask lies on the input: 'receptive_field' (cell u on pixel 32u) or 'top_left'.
   c.model.ssanet.map_alignment = 'receptive_field'
-  c.model.ssanet.proposal_num = 6  # Regions kept after NMS.
-  c.model.ssanet.cat_num = 4  # Top regions in the concatenated feature.
-  c.model.ssanet.nms_iou = 0.25  # NMS threshold.
-  c.model.ssanet.part_size = 224  # Side of a zoomed region at reference_size.
-  c.model.ssanet.pad = 224  # Zero padding around the image at reference_size.
-  c.model.ssanet.reference_size = 448  # Input size the pixel sizes above refer to.
-  c.model.ssanet.dropout_rate = 0.5  # Dropout on pooled features, training only.
-  c.model.ssanet.navigator_width = 128  # Channels of the proposal scorer's convolutions.
-  c.model.ssanet.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
-  c.model.ssanet.anchor_grid = 'feature'  # As model.nts.anchor_grid.
-  c.model.ssanet.navigator_guide = 'none'  # As model.nts.navigator_guide.
-  c.model.ssanet.guide_weight = 2.0  # As model.nts.guide_weight.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
@@ -135,6 +119,30 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 METHODS = ('resnet', 'nts', 'fdl', 'ssanet')
+REGION_METHODS = ('nts', 'fdl', 'ssanet')  # The methods that read model.regions.
+
+# Keys that moved: old dotted name -> new one (old runs' config.json are read with them).
+_SHARED = ('nms_iou', 'part_size', 'pad', 'reference_size', 'separate_part_stats',
+           'anchor_grid')
+_NTS_AND_SSANET = ('proposal_num', 'cat_num', 'dropout_rate', 'navigator_width',
+                   'navigator_guide', 'guide_weight')
+RENAMED = {
+    **{f'model.{m}.{k}': f'model.regions.{k}' for m in REGION_METHODS for k in _SHARED},
+    **{f'model.{m}.{k}': f'model.regions.{k}' for m in ('nts', 'ssanet') for k in _NTS_AND_SSANET},
+    'model.fdl.num_regions': 'model.regions.proposal_num',
+    'model.fdl.hybrid_regions': 'model.regions.cat_num',
+}
+
+
+def upgrade(flat: dict) -> dict:
+  """A flattened config of an older fgjax with its moved keys renamed (RENAMED): the
+  values of the run's own method win; other methods' moved keys are dropped."""
+  method = flat.get('model.name')
+  out = {k: v for k, v in flat.items() if k not in RENAMED}
+  for old, new in RENAMED.items():
+    if old in flat and old.startswith(f'model.{method}.'):
+      out[new] = flat[old]
+  return out
 
 
 def check_method(method: str) -> None:
@@ -181,13 +189,11 @@ CHOICES = {
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),
     'train.parallelism': ('pmap', 'shard_map'),
+    'model.regions.anchor_grid': ('scaled', 'feature'),
     'model.fdl.cam_mode': ('max', 'single'),
-    'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
-    'model.nts.anchor_grid': ('scaled', 'feature'),
-    'model.fdl.anchor_grid': ('scaled', 'feature'),
     'model.fdl.map_alignment': ('receptive_field', 'top_left'),
     'model.fdl.padding_score': ('min', 'inside'),
-    'model.ssanet.anchor_grid': ('scaled', 'feature'),
+    'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
 }
 
 
@@ -210,10 +216,12 @@ def valid_keys() -> list[str]:
 def unknown_keys_message(unknown) -> str:
   """An error text for misspelt keys: closest matches and the full list."""
   known = valid_keys()
-  hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+  moved = {k: RENAMED[k] for k in unknown if k in RENAMED}
+  hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown if k not in moved}
   hints = ', '.join(f'{k} -> {m[0]}' for k, m in hints.items() if m)
-  return (f'Unknown config keys {sorted(unknown)}' + (f' (did you mean {hints}?)' if hints else '')
-          + f'. Valid keys: {known}.')
+  return (f'Unknown config keys {sorted(unknown)}'
+          + ''.join(f'; {old} is now {new}' for old, new in sorted(moved.items()))
+          + (f' (did you mean {hints}?)' if hints else '') + f'. Valid keys: {known}.')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -222,13 +230,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from fgjax import models  # pylint: disable=g-import-not-at-top
   from fgjax.models import regions  # pylint: disable=g-import-not-at-top
   from fgjax.models import resnet  # pylint: disable=g-import-not-at-top
-  unknown = set(flatten(config)) - set(valid_keys())
+  flat = flatten(config)
+  unknown = set(flat) - set(valid_keys())
   if unknown:
     raise ValueError(unknown_keys_message(unknown))
   choices = {**CHOICES, 'model.name': tuple(models.MODELS),
              'model.backbone': tuple(resnet.BACKBONES),
-             'model.nts.navigator_guide': regions.GUIDES,
-             'model.ssanet.navigator_guide': regions.GUIDES}
+             'model.regions.navigator_guide': regions.GUIDES}
   for key, valid in choices.items():
     value = config
     for part in key.split('.'):
@@ -237,10 +245,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.{key}={value!r} is not valid; valid values: {list(valid)}.')
   for key in ('train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',
               'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-              'train.eval_every_epochs', 'train.lr_decay_epochs'):
-    section, name = key.split('.')
-    if config[section][name] <= 0:
-      raise ValueError(f'config.{key} must be positive, got {config[section][name]}.')
+              'train.eval_every_epochs', 'train.lr_decay_epochs', 'model.regions.proposal_num',
+              'model.regions.cat_num'):
+    value = flat[key]
+    if value <= 0:
+      raise ValueError(f'config.{key} must be positive, got {value}.')
+  if config.model.regions.cat_num > config.model.regions.proposal_num:
+    raise ValueError(f'config.model.regions.cat_num={config.model.regions.cat_num} exceeds '
+                     f'config.model.regions.proposal_num={config.model.regions.proposal_num}: '
+                     'the concatenated feature takes the top cat_num of the proposals.')
   if config.data.resize_size < config.data.image_size:
     raise ValueError(f'config.data.resize_size={config.data.resize_size} is smaller than '
                      f'config.data.image_size={config.data.image_size}.')

@@ -38,8 +38,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     values = json.load(f)
   config = config_lib.base_config()
-  config.unlock()
-  config.update_from_flattened_dict(config_lib.flatten(values))
+  config.unlock()  # Older runs' moved keys are read under their new names.
+  config.update_from_flattened_dict(config_lib.upgrade(config_lib.flatten(values)))
   config.lock()
   config_lib.validate(config)
   return config
@@ -94,14 +94,14 @@ def with_navigator_guide(run: Run, guide: str) -> Run:
   (the navigator alone, as the papers' models) or 'always' (with the class activation
   prior, fgjax.models.regions). The weights are the same; only what NMS orders by changes."""
   method = run.config.model.name
-  if run.config.model.get(method, {}).get('navigator_guide', 'none') == 'none':
+  if getattr(run.model, 'navigator_guide', 'none') == 'none':
     raise ValueError(f'{run.checkpoint_path}: this {method} run was trained without a '
                      'navigator guide; choosing the guide at evaluation needs an nts or ssanet '
-                     f"run trained with model.{method}.navigator_guide 'train' or 'always'.")
+                     "run trained with model.regions.navigator_guide 'train' or 'always'.")
   if guide not in ('train', 'always'):
     raise ValueError(f"navigator guide {guide!r} at evaluation: expected 'train' or 'always'.")
   config = ml_collections.ConfigDict(run.config.to_dict())
-  config.model[method].navigator_guide = guide
+  config.model.regions.navigator_guide = guide
   config.lock()
   return dataclasses.replace(run, config=config, model=run.model.clone(navigator_guide=guide))
 

@@ -6,8 +6,8 @@ the seed (fgjax/data/demo.py). A detail counts as found by a box when at least `
 (90 %) of its area lies in the box. For N images with m ranked boxes each:
 
   top1      = (1/N) sum_n hit(n, rank 0)
-  any_top   = (1/N) sum_n OR_{r < k} hit(n, r),  k = the boxes the prediction uses
-              (nts / ssanet: cat_num, fdl: hybrid_regions)
+  any_top   = (1/N) sum_n OR_{r < k} hit(n, r),  k = model.regions.cat_num, the boxes the
+              prediction uses
   any       = the same over all m kept boxes
   same_top  = (largest number of images sharing one identical top box) / N: 1.0 means the
               model zooms into one fixed box whatever the image
@@ -19,11 +19,10 @@ import os
 
 import numpy as np
 
+from fgjax import config_lib
 from fgjax import inference
 from fgjax.data import pipeline
 
-# model.name -> the config key counting the boxes its prediction uses.
-TOP_KEYS = {'nts': 'cat_num', 'ssanet': 'cat_num', 'fdl': 'hybrid_regions'}
 
 
 def detail_hits(boxes, details, inside: float = 0.9) -> np.ndarray:
@@ -81,12 +80,11 @@ def candidate_boxes(config) -> np.ndarray:
   """The candidate boxes [A, 4] (input pixels) a region model chooses from."""
   from fgjax.models import fdl  # pylint: disable=g-import-not-at-top
   from fgjax.ops import anchors as anchors_lib  # pylint: disable=g-import-not-at-top
-  method = config.model.name
-  settings = config.model[method]
-  if method == 'fdl' and settings.region_size is not None:
+  settings = config.model.regions
+  if config.model.name == 'fdl' and config.model.fdl.region_size is not None:
     size = config.data.image_size
-    return fdl.cell_region_boxes((size, size), settings.region_size, settings.pad,
-                                 settings.reference_size, settings.map_alignment)[0]
+    return fdl.cell_region_boxes((size, size), config.model.fdl.region_size, settings.pad,
+                                 settings.reference_size, config.model.fdl.map_alignment)[0]
   boxes, _ = anchors_lib.region_anchors(config.data.image_size, settings.pad,
                                         reference_size=settings.reference_size,
                                         grid=settings.anchor_grid)
@@ -96,7 +94,7 @@ def candidate_boxes(config) -> np.ndarray:
 def localization(run: inference.Run, split: str = 'test', inside: float = 0.9) -> dict:
   """`box_metrics` of a loaded region model on `split`, plus 'ceiling'."""
   method = run.config.model.name
-  if method not in TOP_KEYS:
+  if method not in config_lib.REGION_METHODS:
     raise ValueError(f'Model {method!r} has no regions to localize with.')
   encoded, details = _stored_details(run.config, split)
   transform = pipeline.eval_transform(run.spec)
@@ -104,7 +102,7 @@ def localization(run: inference.Run, split: str = 'test', inside: float = 0.9) -
                      for e in encoded])
   details = to_model_input(details, run.spec)
   _, boxes = run.predict(images)
-  out = box_metrics(boxes, details, run.config.model[method][TOP_KEYS[method]], inside)
+  out = box_metrics(boxes, details, run.config.model.regions.cat_num, inside)
   candidates = candidate_boxes(run.config)
   every = detail_hits(np.broadcast_to(candidates, (len(details),) + candidates.shape), details,
                       inside)

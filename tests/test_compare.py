@@ -51,9 +51,10 @@ def test_compare_runs_end_to_end_and_a_rerun_trains_nothing(tmp_path, monkeypatc
   again = compare.run_comparison(PARTS_CONFIG, ['resnet', 'fdl'], [0], workdir,
                                  _tiny_overrides(data_dir), log=lambda _: None)
   assert again['results'] == out['results']
-  # Another method's section does not decide these runs; a key that does stops the rerun.
+  # A shared region key neither resnet nor fdl has does not decide these runs; a key that
+  # does stops the rerun.
   other = compare.run_comparison(PARTS_CONFIG, ['resnet', 'fdl'], [0], workdir,
-                                 _tiny_overrides(data_dir) + ['model.nts.navigator_guide=train'],
+                                 _tiny_overrides(data_dir) + ['model.regions.navigator_guide=train'],
                                  log=lambda _: None)
   assert other['results'] == out['results']
   with pytest.raises(ValueError, match=r'resnet_s0 holds a run of another config '

@@ -61,20 +61,18 @@ _CHOICES = {
     'model.name': ('resnet', 'nts', 'fdl', 'ssanet'),
     'model.backbone': ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet_tiny'),
     'model.dtype': ('float32', 'bfloat16'),
-    'model.nts.anchor_grid': ('scaled', 'feature'),
-    'model.nts.navigator_guide': ('none', 'train', 'always'),
+    'model.regions.anchor_grid': ('scaled', 'feature'),
+    'model.regions.navigator_guide': ('none', 'train', 'always'),
     'model.fdl.cam_mode': ('max', 'single'),
-    'model.fdl.anchor_grid': ('scaled', 'feature'),
     'model.fdl.map_alignment': ('receptive_field', 'top_left'),
     'model.fdl.padding_score': ('min', 'inside'),
-    'model.ssanet.anchor_grid': ('scaled', 'feature'),
     'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
-    'model.ssanet.navigator_guide': ('none', 'train', 'always'),
     'train.parallelism': ('pmap', 'shard_map'),
 }
 _POSITIVE = ['train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',
              'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-             'train.eval_every_epochs', 'train.lr_decay_epochs']
+             'train.eval_every_epochs', 'train.lr_decay_epochs', 'model.regions.proposal_num',
+             'model.regions.cat_num']
 
 
 def _config(values: dict):
@@ -103,7 +101,7 @@ def test_each_choice_accepts_its_values_and_names_them_on_a_bad_one(key):
 
 @pytest.mark.parametrize('key', _POSITIVE)
 def test_each_count_must_be_positive(key):
-  config_lib.validate(_config({key: 1}))
+  config_lib.validate(_config({'model.regions.cat_num': 1, key: 1}))
   for bad in (0, -3):
     with pytest.raises(ValueError, match=re.escape(f'config.{key} must be positive, got {bad}')):
       config_lib.validate(_config({key: bad}))
@@ -113,6 +111,35 @@ def test_resize_size_may_equal_but_not_undercut_image_size():
   config_lib.validate(_config({'data.image_size': 64, 'data.resize_size': 64}))
   with pytest.raises(ValueError, match=r'resize_size=63 .*image_size=64'):
     config_lib.validate(_config({'data.image_size': 64, 'data.resize_size': 63}))
+
+
+def test_concatenated_parts_are_at_most_the_proposals():
+  config_lib.validate(_config({'model.regions.proposal_num': 3, 'model.regions.cat_num': 3}))
+  with pytest.raises(ValueError, match=r'cat_num=4 exceeds .*proposal_num=3'):
+    config_lib.validate(_config({'model.regions.proposal_num': 3, 'model.regions.cat_num': 4}))
+
+
+# Keys the region models each carried before they shared model.regions.
+_MOVED = {'model.nts.proposal_num': 'model.regions.proposal_num',
+          'model.ssanet.cat_num': 'model.regions.cat_num',
+          'model.fdl.num_regions': 'model.regions.proposal_num',
+          'model.fdl.hybrid_regions': 'model.regions.cat_num',
+          'model.fdl.pad': 'model.regions.pad',
+          'model.nts.navigator_guide': 'model.regions.navigator_guide',
+          'model.ssanet.dropout_rate': 'model.regions.dropout_rate'}
+
+
+@pytest.mark.parametrize('old', sorted(_MOVED))
+def test_a_moved_key_names_its_new_name(old):
+  assert f'{old} is now {_MOVED[old]}' in config_lib.unknown_keys_message([old])
+
+
+def test_an_older_runs_config_reads_its_own_methods_moved_keys():
+  old = {'model.name': 'fdl', 'model.fdl.hybrid_regions': 2, 'model.fdl.num_regions': 5,
+         'model.fdl.cam_mode': 'single', 'model.nts.cat_num': 1, 'model.nts.pad': 7}
+  assert config_lib.upgrade(old) == {
+      'model.name': 'fdl', 'model.regions.cat_num': 2, 'model.regions.proposal_num': 5,
+      'model.fdl.cam_mode': 'single'}
 
 
 def test_unknown_key_is_named_with_a_suggestion():

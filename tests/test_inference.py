@@ -185,7 +185,7 @@ def test_localization_on_the_demo(trained_run, size):
             for x0, y0, x1, y1 in demo.glyph_boxes('test', NUM_TEST)]
   hits = np.array([[_holds(b, g) for b in image_boxes] for image_boxes, g in zip(boxes, glyphs)])
   top_boxes = collections.Counter(tuple(image_boxes[0]) for image_boxes in boxes)
-  hybrid = run.config.model.fdl.hybrid_regions  # The boxes FDL's prediction uses.
+  hybrid = run.config.model.regions.cat_num  # The boxes FDL's prediction uses.
   candidates = localization.candidate_boxes(run.config)
   want = {**{f'rank_{r}': hits[:, r].mean() for r in range(hits.shape[1])},
           'top1': hits[:, 0].mean(), 'any_top': hits[:, :hybrid].any(1).mean(),

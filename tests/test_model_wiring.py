@@ -81,7 +81,7 @@ def test_nts_heads_read_the_top_parts_then_the_image():
 
 
 def test_fdl_hybrid_reads_the_image_then_the_top_regions():
-  model = fdl.FDL(num_classes=NUM_CLASSES, backbone='resnet_tiny', hybrid_regions=3)
+  model = fdl.FDL(num_classes=NUM_CLASSES, backbone='resnet_tiny', cat_num=3)
   variables, out = _init_and_run(model)
   pooled, regions_ = _backbone_features(variables, IMAGES, out['boxes'])
   p = variables['params']

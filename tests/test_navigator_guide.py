@@ -2,6 +2,7 @@
 NTS-Net and SSANet are wired to it (what NMS orders by, what the ranking loss reads, what
 the guide's loss trains, and evaluation with 'train' being the paper's model)."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -155,7 +156,7 @@ def test_a_guided_run_evaluates_with_or_without_the_prior():
   from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.name, config.model.backbone = 'nts', 'resnet_tiny'
-  config.model.nts.navigator_guide, config.model.nts.guide_weight = 'train', 1e6
+  config.model.regions.navigator_guide, config.model.regions.guide_weight = 'train', 1e6
   config.data.image_size = 64
   model, _, tx = train.build_model_and_optimizer(config, NUM_CLASSES, steps_per_epoch=1)
   state = ts.create_train_state(model, tx, jax.random.key(3), 64)
@@ -163,8 +164,8 @@ def test_a_guided_run_evaluates_with_or_without_the_prior():
   images = np.asarray(jax.random.randint(jax.random.key(4), (4, 64, 64, 3), 0, 256), np.uint8)
   _, alone = run.predict(images)
   always = inference.with_navigator_guide(run, 'always')
-  assert always.config.model.nts.navigator_guide == 'always'
-  assert run.config.model.nts.navigator_guide == 'train'
+  assert always.config.model.regions.navigator_guide == 'always'
+  assert run.config.model.regions.navigator_guide == 'train'
   _, guided = always.predict(images)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   want = build('nts', 'always', 1e6).apply(variables, ts.normalise(images), train=False)
@@ -174,6 +175,6 @@ def test_a_guided_run_evaluates_with_or_without_the_prior():
   assert not np.array_equal(alone, guided)
   with pytest.raises(ValueError, match="expected 'train' or 'always'"):
     inference.with_navigator_guide(run, 'none')
-  config.model.nts.navigator_guide = 'none'
+  unguided = dataclasses.replace(run, model=model.clone(navigator_guide='none'))
   with pytest.raises(ValueError, match='here: this nts run was trained without a navigator guide'):
-    inference.with_navigator_guide(run, 'always')
+    inference.with_navigator_guide(unguided, 'always')

@@ -98,8 +98,8 @@ class FDL(nn.Module):
     backbone: a name for `fgjax.models.resnet.get_backbone`.
     dtype: computation dtype of the backbone; logits are float32.
     bn_axis_name: BatchNorm's cross-device axis, or None.
-    num_regions: m, regions after NMS (6).
-    hybrid_regions: l, regions in the hybrid feature (4), the top-scoring ones.
+    proposal_num: m, regions after NMS (6).
+    cat_num: l, regions in the hybrid feature (4), the top-scoring ones.
     nms_iou: NMS suppression threshold (0.25).
     part_size: side of a zoomed region at `reference_size` (224).
     pad: zero padding at `reference_size` (224).
@@ -120,8 +120,8 @@ class FDL(nn.Module):
   backbone: str = 'resnet50'
   dtype: Any = jnp.float32
   bn_axis_name: Any = None
-  num_regions: int = 6
-  hybrid_regions: int = 4
+  proposal_num: int = 6
+  cat_num: int = 4
   nms_iou: float = 0.25
   part_size: int = 224
   pad: int = 224
@@ -180,8 +180,7 @@ class FDL(nn.Module):
                         ('padding_score', cam_attention.PADDING_SCORES)):
       if getattr(self, name) not in valid:
         raise ValueError(f'Unknown {name} {getattr(self, name)!r}; valid: {list(valid)}.')
-    regions.check_counts(self.hybrid_regions, self.num_regions, 'hybrid_regions',
-                         'num_regions')
+    regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
     batch, height, width = images.shape[:3]
     backbone = regions.shared_backbone(
         self.backbone, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
@@ -208,12 +207,12 @@ class FDL(nn.Module):
     candidates, scores, pad_px = self._candidates(attention, (height, width))
     part_px = anchors_lib.scale_to_input(self.part_size, (height, width), self.reference_size)
     _, valid, boxes, region_features = regions.zoom_and_describe(
-        backbone, images, candidates, scores, num=self.num_regions, iou=self.nms_iou,
+        backbone, images, candidates, scores, num=self.proposal_num, iou=self.nms_iou,
         pad_px=pad_px, part_px=part_px, train=train,
         separate_stats=self.separate_part_stats)
 
     hybrid = jnp.concatenate(
-        [features['pooled'], region_features[:, :self.hybrid_regions].reshape(batch, -1)],
+        [features['pooled'], region_features[:, :self.cat_num].reshape(batch, -1)],
         axis=1)
     dense = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, name=name)
     return {
