@@ -152,6 +152,15 @@ def test_ssanet_switch_changes_exactly_what_it_names(ssanet_full, switch):
     assert np.allclose(out[key], full[key], rtol=1e-5, atol=1e-5) == (not reshaped), key
 
 
+def test_ssanet_mac_weight_scales_only_the_alignment_penalty(ssanet_full):
+  variables, full = ssanet_full
+  model = ssanet.SSANet(num_classes=NUM_CLASSES, **SMALL, mac_weight=2.5)
+  out = jax.jit(functools.partial(model.apply, train=False))(variables, IMAGES)
+  np.testing.assert_allclose(out['loss_mac'], 2.5 * full['loss_mac'], rtol=1e-5)
+  assert np.all(full['loss_mac'] > 0)
+  np.testing.assert_allclose(out['logits'], full['logits'], rtol=1e-5, atol=1e-6)
+
+
 def test_ssanet_without_dsm_and_op_is_nts_heads_on_the_pooled_image():
   model = ssanet.SSANet(num_classes=NUM_CLASSES, **SMALL, use_dsm=False, use_op=False)
   variables, out = _init_and_run(model)
@@ -216,3 +225,47 @@ def test_a_planted_detail_moves_the_top_box_with_it(name):
   for (row, col), (y, x) in centres.items():
     assert row * DETAIL - 8 <= y <= (row + 1) * DETAIL + 8, (name, row, col, y, x)
     assert col * DETAIL - 8 <= x <= (col + 1) * DETAIL + 8, (name, row, col, y, x)
+
+
+def _ce(logits, labels):
+  """float64 softmax cross-entropy [...] of logits [..., C] against labels [...]."""
+  logits = np.asarray(logits, np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  return -np.take_along_axis(logp, np.asarray(labels)[..., None], -1)[..., 0]
+
+
+def _ranking(scores, part_ce):
+  """NTS-Net's ranking loss per image by a double loop (margin 1)."""
+  out = np.zeros(len(scores))
+  for b in range(len(scores)):
+    for i in range(scores.shape[1]):
+      for j in range(scores.shape[1]):
+        if part_ce[b, j] > part_ce[b, i]:
+          out[b] += max(0.0, 1.0 - scores[b, i] + scores[b, j])
+  return out
+
+
+def test_each_models_loss_is_the_sum_of_its_terms_computed_here():
+  rng = np.random.default_rng(0)
+  labels = np.array([1, 3])
+  logits = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  nts_out = {'logits': logits(2, 5), 'global_logits': logits(2, 5),
+             'part_logits': logits(2, 3, 5), 'part_scores': logits(2, 3)}
+  part_ce = _ce(nts_out['part_logits'], labels[:, None])
+  want = {'loss_global': _ce(nts_out['global_logits'], labels),
+          'loss_rank': _ranking(np.float64(nts_out['part_scores']), part_ce),
+          'loss_concat': _ce(nts_out['logits'], labels), 'loss_part': part_ce.mean(1)}
+  mac = logits(2)
+  fdl_out = {'logits': logits(2, 5), 'image_logits': logits(2, 5), 'region_logits': logits(2, 3, 5)}
+  fdl_want = {'loss_image': _ce(fdl_out['image_logits'], labels),
+              'loss_region': _ce(fdl_out['region_logits'], labels[:, None]).mean(1),
+              'loss_hybrid': _ce(fdl_out['logits'], labels)}
+  for cls, out, terms in ((nts.NTSNet, nts_out, want), (fdl.FDL, fdl_out, fdl_want),
+                          (ssanet.SSANet, {**nts_out, 'loss_mac': mac},
+                           {**want, 'loss_mac': np.float64(mac)})):
+    got = cls.per_example_losses({k: jnp.asarray(v) for k, v in out.items()}, jnp.asarray(labels))
+    assert set(got) == set(terms) | {'loss'}, cls.__name__
+    for key, value in terms.items():
+      np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(got['loss'], sum(terms.values()), rtol=1e-5, err_msg=cls.__name__)
