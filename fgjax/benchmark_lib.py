@@ -122,6 +122,12 @@ def benchmark_train(model_names: Sequence[str], *, backbone: str, image_size: in
     records.append(_time_train_step(
         name, backbone=backbone, image_size=image_size, batch_size=batch_size, dtype=dtype,
         steps=steps, warmup=warmup, num_classes=num_classes, parallel=parallel))
+  return add_resnet_ratios(records)
+
+
+def add_resnet_ratios(records: list[dict]) -> list[dict]:
+  """Sets each measured record's time_ratio, flop_ratio and overhead_vs_flop_prediction
+  (benchmark_train) against the 'resnet' record, or None without one."""
   base = next((r for r in records if r['model'] == 'resnet' and 'skipped' not in r), None)
   for r in records:
     if 'skipped' in r:

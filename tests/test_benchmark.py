@@ -66,6 +66,20 @@ def test_train_mode_records_and_resnet_ratios():
   json.dumps(records)  # JSON-lines ready.
 
 
+def test_ratios_against_resnet_by_hand():
+  records = [{'model': 'nts', 'step_s_median': 3.0, 'flops_per_device_step': 2e9},
+             {'model': 'resnet', 'step_s_median': 2.0, 'flops_per_device_step': 1e9},
+             {'model': 'nope', 'skipped': 'not measured'}]
+  nts, resnet, skipped = benchmark_lib.add_resnet_ratios(records)
+  # 1.5x the time for 2x the FLOPs: 25 % below the FLOP-proportional prediction.
+  assert (nts['time_ratio'], nts['flop_ratio']) == (1.5, 2.0)
+  assert nts['overhead_vs_flop_prediction'] == pytest.approx(-0.25)
+  assert resnet['overhead_vs_flop_prediction'] == 0.0 and 'time_ratio' not in skipped
+  alone = benchmark_lib.add_resnet_ratios([{'model': 'fdl', 'step_s_median': 1.0,
+                                            'flops_per_device_step': 1.0}])
+  assert alone[0]['time_ratio'] is alone[0]['overhead_vs_flop_prediction'] is None
+
+
 def test_run_mode_rejects_unknown_modes_and_options():
   with pytest.raises(benchmark_lib.OptionsError, match='valid modes'):
     benchmark_lib.run_mode('nope')
