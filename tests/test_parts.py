@@ -101,6 +101,8 @@ def test_detail_hits_matches_a_loop():
   boxes = rng.uniform(0, 50, size=(20, 5, 2))
   boxes = np.concatenate([boxes, boxes + rng.uniform(1, 30, size=(20, 5, 2))], -1)
   boxes[0, 0] = details[0]  # Exactly the detail: found.
+  # Exactly 90 % of the detail inside (integer sides: exact in floats): found; 80 %: not.
+  details[1], boxes[1, 0], boxes[1, 1] = [0, 0, 10, 10], [0, 0, 9, 20], [2, -5, 20, 20]
   got = localization.detail_hits(boxes, details, inside=0.9)
   for n in range(20):
     gy0, gx0, gy1, gx1 = details[n]
@@ -108,7 +110,7 @@ def test_detail_hits_matches_a_loop():
       by0, bx0, by1, bx1 = boxes[n, r]
       overlap = max(0.0, min(gy1, by1) - max(gy0, by0)) * max(0.0, min(gx1, bx1) - max(gx0, bx0))
       assert got[n, r] == (overlap >= 0.9 * (gy1 - gy0) * (gx1 - gx0)), (n, r)
-  assert got[0, 0] and 0 < got.mean() < 1
+  assert got[0, 0] and got[1, 0] and not got[1, 1] and 0 < got.mean() < 1
 
 
 def test_box_metrics_on_hand_made_boxes():
