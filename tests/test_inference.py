@@ -199,6 +199,27 @@ def test_localization_on_the_demo(trained_run, size):
   assert all(any(np.array_equal(b, c) for c in candidates) for b in boxes.reshape(-1, 4))
 
 
+def test_best_and_latest_restore_their_own_checkpoints(trained_run, tmp_path):
+  """With a better (here: altered) state saved under best/ at a later step, 'best'
+  restores it and 'latest' the last training checkpoint."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from fgjax import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir, result = trained_run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  altered = result['state'].replace(
+      step=np.int32(100), params=jax.tree.map(lambda p: p + 1.0, result['state'].params))
+  ckpt = checkpoint.Checkpointer(copy, keep=2)
+  ckpt.save_best(100, altered, accuracy=1.0)
+  ckpt.wait()
+  ckpt.close()
+  best, latest = inference.load_run(copy, 'best'), inference.load_run(copy, 'latest')
+  assert (int(best.state.step), int(latest.state.step)) == (100, int(result['state'].step))
+  first = lambda state: np.asarray(jax.tree.leaves(state.params)[0])
+  np.testing.assert_array_equal(first(best.state), first(altered))
+  np.testing.assert_array_equal(first(latest.state), first(result['state']))
+
+
 def test_region_model_starts_from_another_runs_backbone(trained_run, tmp_path):
   from fgjax import checkpoint  # pylint: disable=g-import-not-at-top
   workdir, _ = trained_run
