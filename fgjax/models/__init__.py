@@ -20,6 +20,7 @@ MODELS = {
     'nts': ('fgjax.models.nts', 'NTSNet'),
     'fdl': ('fgjax.models.fdl', 'FDL'),
     'ssanet': ('fgjax.models.ssanet', 'SSANet'),
+    'scrim': ('fgjax.models.scrim', 'SCRIM'),
 }
 
 

@@ -58,16 +58,15 @@ def check_counts(kept: int, total: int, kept_name: str, total_name: str) -> None
 
 
 def navigate(stage4, num_anchors: int, image_hw, *, width: int, dtype, grid: str,
-             reference_size: int):
-  """NTS-Net's navigator (submodule 'navigator' of the calling model): scores [B, A].
+             reference_size: int, name: str = 'navigator'):
+  """NTS-Net's navigator (submodule `name` of the calling model): scores [B, A].
 
   `grid` is the anchor grid ('scaled' or 'feature', fgjax.ops.anchors).
   """
   first = None
   if grid == 'scaled':
     first = anchors_lib.grid_sizes(image_hw, grid=grid, reference_size=reference_size)[0]
-  scores = navigator_lib.Navigator(width=width, dtype=dtype, grid=first,
-                                   name='navigator')(stage4)
+  scores = navigator_lib.Navigator(width=width, dtype=dtype, grid=first, name=name)(stage4)
   if scores.shape[1] != num_anchors:
     raise ValueError(f'{scores.shape[1]} navigator scores for {num_anchors} anchors at input '
                      f'{image_hw[0]}x{image_hw[1]}: the backbone stride is not 32.')
