@@ -25,6 +25,9 @@ def get_config(method: str = 'resnet'):
   c.model.name = method
   c.model.backbone = 'resnet_tiny'
   c.train.batch_size = 32
+  if method == 'scrim':  # Its contrastive loss needs several images per class: 8 x 4.
+    c.data.sampler = 'class_balanced'
+    c.data.classes_per_batch = 8
   c.train.epochs = 50
   c.train.base_lr = 0.1
   c.train.warmup_epochs = 3.0

@@ -34,6 +34,9 @@ def get_config(method: str = 'resnet'):
   # kept at test ('always'): the navigator alone ('train') varies with the seed (README).
   c.model.regions.navigator_guide = 'always'  # nts and ssanet (fdl has no navigator).
   c.train.batch_size = 32
+  if method == 'scrim':  # Its contrastive loss needs several images per class: 8 x 4.
+    c.data.sampler = 'class_balanced'
+    c.data.classes_per_batch = 8
   c.train.epochs = 10
   c.train.base_lr = 0.01
   c.train.pretrained_lr_mult = 0.1

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.regions.pad = 224  # Zero padding around the image at reference_size.
   c.model.regions.reference_size = 448  # Input size the pixel sizes above refer to.
   c.model.regions.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
-  c.model.regions.anchor_grid = 'feature'  # Strides of the maps; 'scaled': the 448 layout at any size.
+  c.model.regions.anchor_grid = 'feature'  # Map strides; 'scaled': the 448 layout at any size.
   c.model.regions.dropout_rate = 0.5  # nts, ssanet: dropout on pooled features, training only.
   c.model.regions.navigator_width = 128  # nts, ssanet: channels of the navigator's convolutions.
   # nts, ssanet: class activation prior on the navigator's scores before NMS, our reading
@@ -94,6 +94,20 @@ def base_config() -> ml_collections.ConfigDict:
   # How the object mask lies on the input: 'receptive_field' (cell u on pixel 32u) or 'top_left'.
   c.model.ssanet.map_alignment = 'receptive_field'
 
+  # SCRIM (fgjax/models/scrim.py): our reading of the abstract; see README.md. Its FPLs
+  # split model.regions.proposal_num and cat_num evenly between them.
+  c.model.scrim = ml_collections.ConfigDict()
+  c.model.scrim.cpl_stages = ('stage3', 'stage4')  # Backbone stages of the two CPLs.
+  c.model.scrim.cpl_parts = 4  # G: part attentions per CPL.
+  c.model.scrim.embed_width = 128  # Width of each part's contrastive embedding.
+  c.model.scrim.temperature = 0.1  # Of the supervised contrastive loss.
+  c.model.scrim.contrastive_weight = 1.0  # Weight of the contrastive loss.
+  c.model.scrim.cpl_guide_weight = 2.0  # A CPL's attention prior on its FPL's scores (0: off).
+  c.model.scrim.dual_cpl = True  # Ablation False: one CPL (the last stage).
+  c.model.scrim.dual_fpl = True  # Ablation False: one FPL (refining the last CPL).
+  c.model.scrim.use_fpl = True  # Ablation False: no fine parts.
+  c.model.scrim.use_contrastive = True  # Ablation False: no contrastive loss.
+
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # Global batch size (all devices, all hosts).
   c.train.epochs = 100  # Training length; converted to steps once.
@@ -118,8 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-METHODS = ('resnet', 'nts', 'fdl', 'ssanet')
-REGION_METHODS = ('nts', 'fdl', 'ssanet')  # The methods that read model.regions.
+METHODS = ('resnet', 'nts', 'fdl', 'ssanet', 'scrim')
+REGION_METHODS = ('nts', 'fdl', 'ssanet', 'scrim')  # The methods that read model.regions.
 
 # Keys that moved: old dotted name -> new one (old runs' config.json are read with them).
 _SHARED = ('nms_iou', 'part_size', 'pad', 'reference_size', 'separate_part_stats',
@@ -127,7 +141,7 @@ _SHARED = ('nms_iou', 'part_size', 'pad', 'reference_size', 'separate_part_stats
 _NTS_AND_SSANET = ('proposal_num', 'cat_num', 'dropout_rate', 'navigator_width',
                    'navigator_guide', 'guide_weight')
 RENAMED = {
-    **{f'model.{m}.{k}': f'model.regions.{k}' for m in REGION_METHODS for k in _SHARED},
+    **{f'model.{m}.{k}': f'model.regions.{k}' for m in ('nts', 'fdl', 'ssanet') for k in _SHARED},
     **{f'model.{m}.{k}': f'model.regions.{k}' for m in ('nts', 'ssanet') for k in _NTS_AND_SSANET},
     'model.fdl.num_regions': 'model.regions.proposal_num',
     'model.fdl.hybrid_regions': 'model.regions.cat_num',
@@ -180,6 +194,9 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
   c.train.lr_decay_factor = 0.1
   c.train.momentum = 0.9
   c.train.weight_decay = 5e-4
+  if method == 'scrim':  # Its contrastive loss needs several images per class: 4 x 4.
+    c.data.sampler = 'class_balanced'
+    c.data.classes_per_batch = 4
   return c
 
 

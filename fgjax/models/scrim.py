@@ -4,7 +4,7 @@
 each choice behind a switch. Per image:
 
   1. backbone(image) -> stages and the pooled feature f.
-  2. Dual CPL (coarse parts localization, `dual_cpl`): module k reads one backbone stage
+  2. Dual CPL (coarse parts localization, `dual_cpl`): module 'cpl_<stage>' reads one stage
      (`cpl_stages`, default stage3 and stage4: the "hierarchical" correlations). A 1x1
      convolution gives `cpl_parts` (G) attention maps; each is a softmax over the map's
      positions, and part g's feature is the attention-weighted mean of the (gradient-
@@ -129,11 +129,12 @@ class SCRIM(nn.Module):
 
     Returns:
       'logits' [B, C] (fused classifier, the prediction), 'global_logits' [B, C];
-      per CPL k 'cpl{k}_attention' [B, h_k, w_k, G] and 'cpl{k}_descriptor' [B, G D];
-      per FPL k 'fpl{k}_part_logits' [B, M, C], 'fpl{k}_part_scores' [B, M],
-      'fpl{k}_boxes' [B, M, 4], 'fpl{k}_anchor_scores' [B, A]; 'boxes' [B, K M, 4] (all
-      FPLs' boxes, FPL 1 first); with use_contrastive and labels in training,
-      'loss_contrast' [B].
+      per CPL on stage s 'cpl_{s}_attention' [B, h_s, w_s, G], 'cpl_{s}_descriptor'
+      [B, G D]; per FPL 'fpl_{s}_part_logits' [B, M, C], 'fpl_{s}_part_scores' [B, M],
+      'fpl_{s}_boxes' [B, M, 4], 'fpl_{s}_box_valid', 'fpl_{s}_anchor_scores' [B, A];
+      'boxes' [B, K M, 4] (all
+      FPLs' boxes, rank by rank: FPL 1's first, FPL 2's first, FPL 1's second, ...);
+      with use_contrastive and labels in training, 'loss_contrast' [B].
     """
     for stage in self.cpl_stages:
       if stage not in STAGE_STRIDES:
@@ -151,10 +152,11 @@ class SCRIM(nn.Module):
     features = backbone(images, train)
     stages = tuple(self.cpl_stages) if self.dual_cpl else tuple(self.cpl_stages[-1:])
     outputs, coarse = {}, []
-    for k, stage in enumerate(stages, start=1):
+    for stage in stages:
       attention, parts, descriptor = CoarseParts(self.cpl_parts, self.embed_width, self.dtype,
-                                                 name=f'cpl{k}')(features[stage])
-      outputs[f'cpl{k}_attention'], outputs[f'cpl{k}_descriptor'] = attention, descriptor
+                                                 name=f'cpl_{stage}')(features[stage])
+      outputs[f'cpl_{stage}_attention'] = attention
+      outputs[f'cpl_{stage}_descriptor'] = descriptor
       coarse.append(jnp.mean(parts, axis=1))
       if self.use_contrastive and train and labels is not None:
         loss, _ = contrastive.supervised_contrastive(descriptor, labels, self.temperature)
@@ -166,30 +168,30 @@ class SCRIM(nn.Module):
       anchors, pad_px, part_px = regions.anchors_and_sizes(
           (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
       refined = stages if self.dual_fpl else stages[-1:]
-      first = len(stages) - len(refined)
-      for k, stage in enumerate(refined, start=first + 1):
+      for stage in refined:
+        k = f'fpl_{stage}'
         scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
                                   width=self.navigator_width, dtype=self.dtype,
                                   grid=self.anchor_grid, reference_size=self.reference_size,
-                                  name=f'fpl{k}_navigator')
+                                  name=f'{k}_navigator')
         selection = scores
         if self.cpl_guide_weight:
           selection = scores + self.cpl_guide_weight * _prior(
-              outputs[f'cpl{k}_attention'], anchors, (height, width), STAGE_STRIDES[stage])
+              outputs[f'cpl_{stage}_attention'], anchors, (height, width), STAGE_STRIDES[stage])
         indices, valid, boxes, part_features = regions.zoom_and_describe(
             backbone, images, anchors, selection, num=per_fpl, iou=self.nms_iou,
             pad_px=pad_px, part_px=part_px, train=train,
             separate_stats=self.separate_part_stats)
         part_features = nn.Dropout(self.dropout_rate, deterministic=not train)(part_features)
         outputs.update({
-            f'fpl{k}_part_logits': nn.Dense(self.num_classes, dtype=jnp.float32,
-                                            name=f'fpl{k}_part_fc')(part_features),
-            f'fpl{k}_part_scores': jnp.take_along_axis(scores, indices, axis=1),
-            f'fpl{k}_boxes': boxes, f'fpl{k}_box_valid': valid,
-            f'fpl{k}_anchor_scores': scores})
+            f'{k}_part_logits': nn.Dense(self.num_classes, dtype=jnp.float32,
+                                         name=f'{k}_part_fc')(part_features),
+            f'{k}_part_scores': jnp.take_along_axis(scores, indices, axis=1),
+            f'{k}_boxes': boxes, f'{k}_box_valid': valid, f'{k}_anchor_scores': scores})
         fine.append(part_features[:, :cat_per_fpl].reshape(images.shape[0], -1))
-      outputs['boxes'] = jnp.concatenate(
-          [outputs[f'fpl{k}_boxes'] for k in range(first + 1, len(stages) + 1)], axis=1)
+      # Rank-major over the FPLs: the first cat_num boxes are those the fused feature reads.
+      outputs['boxes'] = jnp.stack([outputs[f'fpl_{s}_boxes'] for s in refined], axis=2
+                                   ).reshape(images.shape[0], -1, 4)
 
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(features['pooled'])
     fused = jnp.concatenate([pooled, *coarse, *fine], axis=1)
