@@ -6,7 +6,7 @@ Trains on trainval (6,667 images), tests on test (3,333).
   python launch/train.py --config=configs/aircraft.py:fdl --workdir=runs/aircraft_fdl \
       --config.model.pretrained_path=/path/to/resnet50-0676ba61.pth
 
-The method follows the colon: resnet (default), nts, fdl or ssanet.
+The method follows the colon: resnet (default), nts, fdl, ssanet or scrim (P x K batches).
 Published top-1 (ResNet-50, 448, ImageNet-pretrained): resnet about 93.3, nts 91.4,
 fdl 92.1, ssanet not published.
 Family or manufacturer level: --config.data.builder_config=family (prepare with

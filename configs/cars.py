@@ -4,7 +4,7 @@
   python launch/train.py --config=configs/cars.py:fdl --workdir=runs/cars_fdl \
       --config.model.pretrained_path=/path/to/resnet50-0676ba61.pth
 
-The method follows the colon: resnet (default), nts, fdl or ssanet.
+The method follows the colon: resnet (default), nts, fdl, ssanet or scrim (P x K batches).
 Published top-1 (ResNet-50, 448, ImageNet-pretrained): resnet about 94.1, nts 93.9, fdl 94.1, ssanet not published.
 """
 

@@ -4,7 +4,7 @@
   python launch/train.py --config=configs/cub.py:fdl --workdir=runs/cub_fdl \
       --config.model.pretrained_path=/path/to/resnet50-0676ba61.pth
 
-The method follows the colon: resnet (default), nts, fdl or ssanet.
+The method follows the colon: resnet (default), nts, fdl, ssanet or scrim (P x K batches).
 Published top-1 (ResNet-50, 448, ImageNet-pretrained): resnet about 86.7 (FDL cites 84.5 for the ResNet-50 of its ref. [18]), nts 87.5, fdl 87.6
 (image-level only 86.7, single-class CAM 87.3), ssanet 88.5.
 """

@@ -10,7 +10,7 @@ lr 0.1 kills their ReLUs in the first epoch), x0.3 at epochs 15, 30 and 45, weig
 1e-4. Training leaves chance after a number of epochs that varies with the seed and the
 CPU; 50 epochs leave time to converge after it. README.md has the measured accuracy per
 seed and the wall time. Any method runs on it (--config=configs/demo.py:nts, or fdl,
-ssanet); the parts benchmark (configs/parts.py) is where methods are compared.
+ssanet, scrim); the parts benchmark (configs/parts.py) is where methods are compared.
 """
 
 from fgjax import config_lib
