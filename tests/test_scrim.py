@@ -141,3 +141,24 @@ def test_shard_map_step_equals_pmap_step():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(p_metrics['loss'], s_metrics['loss'], rtol=1e-5)
   assert p_metrics['loss_contrast'] > 0   # Each device holds two pairs of two classes.
+
+
+def test_each_fpl_picks_by_its_own_navigator_plus_its_cpls_attention(full):
+  """Boxes = greedy NMS (a plain loop) of navigator scores + 2 x the prior of the CPL it
+  refines (stage 3 for one FPL, stage 4 for the other), not of the other CPL."""
+  from test_nms import greedy_loop  # pylint: disable=g-import-not-at-top
+  from fgjax.models import regions  # pylint: disable=g-import-not-at-top
+  _, _, out = full
+  anchors = np.asarray(regions.anchors_and_sizes((64, 64), 224, 224, 448, 'feature')[0])
+  priors = {s: np.asarray(regions.attention_prior(
+      jnp.max(out[f'cpl_{s}_attention'], -1), anchors, (64, 64), stride))
+            for s, stride in (('stage3', 16), ('stage4', 32))}
+  for s in ('stage3', 'stage4'):
+    order = np.asarray(out[f'fpl_{s}_anchor_scores']) + 2.0 * priors[s]
+    for b in range(4):
+      picks, _ = greedy_loop(anchors, list(order[b]), 3, 0.25)
+      np.testing.assert_array_equal(out[f'fpl_{s}_boxes'][b], anchors[picks])
+  other = np.asarray(out['fpl_stage3_anchor_scores']) + 2.0 * priors['stage4']
+  own = np.asarray(out['fpl_stage3_anchor_scores']) + 2.0 * priors['stage3']
+  assert any(list(greedy_loop(anchors, list(other[b]), 3, 0.25)[0]) !=
+             list(greedy_loop(anchors, list(own[b]), 3, 0.25)[0]) for b in range(4))

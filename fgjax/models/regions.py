@@ -104,13 +104,21 @@ def guide_anchor_scores(stage4, anchor_scores, anchors, image_hw, *, num_classes
   logits = jnp.mean(maps, axis=(1, 2))
   if guide == 'train' and not train:  # Evaluation by the navigator alone.
     return anchor_scores, logits
-  attention = cam_attention.gaussian_smooth(jnp.max(maps, axis=-1), GUIDE_SMOOTH_SIGMA)
+  prior = attention_prior(jnp.max(maps, axis=-1), anchors, image_hw, FEATURE_STRIDE)
+  return anchor_scores + weight * prior, logits
+
+
+def attention_prior(attention, anchors, image_hw, stride: int):
+  """A gradient-stopped prior [B, A] on anchors from an attention map [B, h, w] of the
+  given stride: smoothed (sigma 1 cell), box-mean scored (receptive-field registration,
+  padding counted as the least attended value), standardised over each image's anchors."""
+  attention = cam_attention.gaussian_smooth(attention, GUIDE_SMOOTH_SIGMA)
   prior = cam_attention.box_mean_scores(attention, jnp.asarray(anchors), image_hw,
                                         alignment='receptive_field', padding='min',
-                                        stride=FEATURE_STRIDE)
+                                        stride=stride)
   prior = (prior - jnp.mean(prior, axis=1, keepdims=True)) / (
       jnp.std(prior, axis=1, keepdims=True) + 1e-6)
-  return anchor_scores + weight * lax.stop_gradient(prior), logits
+  return lax.stop_gradient(prior)
 
 
 def anchors_and_sizes(image_hw, pad: int, part_size: int, reference_size: int, grid: str):

@@ -40,10 +40,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from fgjax.models import regions
-from fgjax.ops import cam_attention
 from fgjax.ops import contrastive
 from fgjax.ops import ranking
 
@@ -70,17 +68,6 @@ class CoarseParts(nn.Module):
     descriptor = descriptor / jnp.maximum(jnp.linalg.norm(descriptor, axis=-1, keepdims=True),
                                           1e-12)
     return attention.reshape(batch, h, w, -1), parts, descriptor
-
-
-def _prior(attention, anchors, image_hw, stride):
-  """Standardised, gradient-stopped box-mean score [B, A] of a CPL's attention maps."""
-  att = cam_attention.gaussian_smooth(jnp.max(attention, axis=-1), 1.0)
-  prior = cam_attention.box_mean_scores(att, jnp.asarray(anchors), image_hw,
-                                        alignment='receptive_field', padding='min',
-                                        stride=stride)
-  prior = (prior - jnp.mean(prior, axis=1, keepdims=True)) / (
-      jnp.std(prior, axis=1, keepdims=True) + 1e-6)
-  return lax.stop_gradient(prior)
 
 
 class SCRIM(nn.Module):
@@ -139,7 +126,9 @@ class SCRIM(nn.Module):
     for stage in self.cpl_stages:
       if stage not in STAGE_STRIDES:
         raise ValueError(f'Unknown cpl stage {stage!r}; valid: {sorted(STAGE_STRIDES)}.')
-    num_fpl = (2 if self.dual_cpl and self.dual_fpl else 1) if self.use_fpl else 0
+    stages = tuple(self.cpl_stages) if self.dual_cpl else tuple(self.cpl_stages[-1:])
+    refined = (stages if self.dual_fpl else stages[-1:]) if self.use_fpl else ()
+    num_fpl = len(refined)
     if num_fpl and (self.proposal_num % num_fpl or self.cat_num % num_fpl):
       raise ValueError(f'proposal_num={self.proposal_num} and cat_num={self.cat_num} must '
                        f'split evenly over the {num_fpl} FPLs.')
@@ -150,7 +139,6 @@ class SCRIM(nn.Module):
                                        bn_axis_name=self.bn_axis_name,
                                        separate_part_stats=self.separate_part_stats)
     features = backbone(images, train)
-    stages = tuple(self.cpl_stages) if self.dual_cpl else tuple(self.cpl_stages[-1:])
     outputs, coarse = {}, []
     for stage in stages:
       attention, parts, descriptor = CoarseParts(self.cpl_parts, self.embed_width, self.dtype,
@@ -167,7 +155,6 @@ class SCRIM(nn.Module):
     if self.use_fpl:
       anchors, pad_px, part_px = regions.anchors_and_sizes(
           (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
-      refined = stages if self.dual_fpl else stages[-1:]
       for stage in refined:
         k = f'fpl_{stage}'
         scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
@@ -176,8 +163,9 @@ class SCRIM(nn.Module):
                                   name=f'{k}_navigator')
         selection = scores
         if self.cpl_guide_weight:
-          selection = scores + self.cpl_guide_weight * _prior(
-              outputs[f'cpl_{stage}_attention'], anchors, (height, width), STAGE_STRIDES[stage])
+          selection = scores + self.cpl_guide_weight * regions.attention_prior(
+              jnp.max(outputs[f'cpl_{stage}_attention'], axis=-1), anchors, (height, width),
+              STAGE_STRIDES[stage])
         indices, valid, boxes, part_features = regions.zoom_and_describe(
             backbone, images, anchors, selection, num=per_fpl, iou=self.nms_iou,
             pad_px=pad_px, part_px=part_px, train=train,
