@@ -52,8 +52,6 @@ each call normalising with its own batch statistics in training; the regions kee
 running averages unless `separate_part_stats=False` (fgjax.models.regions).
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
@@ -90,20 +88,11 @@ def cell_region_boxes(image_hw, region_size: int, pad: int = 224, reference_size
                                     reference_size=reference_size)
 
 
-class FDL(nn.Module):
+class FDL(regions.RegionModel):
   """FDL with a shared ResNet backbone.
 
-  Attributes:
-    num_classes: C.
-    backbone: a name for `fgjax.models.resnet.get_backbone`.
-    dtype: computation dtype of the backbone; logits are float32.
-    bn_axis_name: BatchNorm's cross-device axis, or None.
-    proposal_num: m, regions after NMS (6).
-    cat_num: l, regions in the hybrid feature (4), the top-scoring ones.
-    nms_iou: NMS suppression threshold (0.25).
-    part_size: side of a zoomed region at `reference_size` (224).
-    pad: zero padding at `reference_size` (224).
-    reference_size: input size at which the pixel quantities are given (448).
+  Attributes (beyond those of regions.RegionModel, where proposal_num is m and cat_num l;
+  anchor_grid is used with region_size=None):
     image_level_only: ablation: the image classifier alone, no regions.
     cam_mode: 'max' (FDL) or 'single' (ground truth in training, prediction at test).
     smooth_sigma: Gaussian sigma in map cells; 0 disables smoothing.
@@ -111,29 +100,15 @@ class FDL(nn.Module):
     region_size: None for NTS-Net's anchors scored by box means; a side at
       `reference_size` (the paper's 160) for one square region per map cell.
     classifier_bias: whether the image classifier has a bias.
-    separate_part_stats: own BatchNorm running averages for the regions (fgjax.models.regions).
-    anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors); used with region_size=None.
     map_alignment: 'receptive_field' or 'top_left' (original): where M lies on the input.
     padding_score: 'min' or 'inside' (original): what box parts outside the image count as.
   """
-  num_classes: int
-  backbone: str = 'resnet50'
-  dtype: Any = jnp.float32
-  bn_axis_name: Any = None
-  proposal_num: int = 6
-  cat_num: int = 4
-  nms_iou: float = 0.25
-  part_size: int = 224
-  pad: int = 224
-  reference_size: int = 448
   image_level_only: bool = False
   cam_mode: str = 'max'
   smooth_sigma: float = 1.0
   smooth_kernel_size: int | None = None
   region_size: int | None = None
   classifier_bias: bool = True
-  separate_part_stats: bool = True
-  anchor_grid: str = 'feature'
   map_alignment: str = 'receptive_field'
   padding_score: str = 'min'
 

@@ -42,8 +42,6 @@ boxes with the best scores fill the slots (fgjax.ops.nms); they are used like th
 flagged in 'box_valid'.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -51,42 +49,14 @@ from fgjax.models import regions
 from fgjax.ops import ranking
 
 
-class NTSNet(nn.Module):
+class NTSNet(regions.NavigatedModel):
   """NTS-Net with a shared ResNet backbone.
 
-  Attributes:
-    num_classes: C.
-    backbone: a name for `fgjax.models.resnet.get_backbone`.
-    dtype: computation dtype of the backbone and navigator; logits are float32.
-    bn_axis_name: BatchNorm's cross-device axis, or None.
-    proposal_num: parts per image after NMS (6).
-    cat_num: parts in the concatenated feature (4), the top-scoring ones.
-    nms_iou: NMS suppression threshold (0.25).
-    part_size: side of a zoomed part at `reference_size` (224).
-    pad: zero padding at `reference_size` (224).
-    reference_size: input size at which the pixel quantities are given (448).
-    dropout_rate: dropout on pooled features in training only (0.5, the reference's).
-    navigator_width: channels of the navigator's convolutions (128).
-    separate_part_stats: own BatchNorm running averages for the parts (fgjax.models.regions).
-    anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors; the same at 448).
+  Attributes (beyond those of regions.RegionModel and regions.NavigatedModel):
     navigator_guide: 'none' (the paper), 'train' or 'always': the class activation prior
       added to the navigator's scores before NMS (fgjax.models.regions, our reading).
     guide_weight: the prior's weight (it is standardised per image).
   """
-  num_classes: int
-  backbone: str = 'resnet50'
-  dtype: Any = jnp.float32
-  bn_axis_name: Any = None
-  proposal_num: int = 6
-  cat_num: int = 4
-  nms_iou: float = 0.25
-  part_size: int = 224
-  pad: int = 224
-  reference_size: int = 448
-  dropout_rate: float = 0.5
-  navigator_width: int = 128
-  separate_part_stats: bool = True
-  anchor_grid: str = 'feature'
   navigator_guide: str = 'none'
   guide_weight: float = 2.0
 

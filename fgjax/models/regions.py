@@ -33,6 +33,8 @@ evaluation uses the navigator alone; 'always' at evaluation too. The ranking los
 SSANet's alignment constraint still read the navigator's own scores.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
@@ -43,6 +45,49 @@ from fgjax.ops import anchors as anchors_lib
 from fgjax.ops import cam_attention
 from fgjax.ops import crop
 from fgjax.ops import nms
+
+
+class RegionModel(nn.Module):
+  """The fields every region model has (nts, fdl, ssanet, scrim; config.model.regions
+  gives them all but the first four).
+
+  Attributes:
+    num_classes: C.
+    backbone: a name for `fgjax.models.resnet.get_backbone`.
+    dtype: computation dtype of the backbone and the model's layers; logits are float32.
+    bn_axis_name: BatchNorm's cross-device axis, or None.
+    proposal_num: regions kept per image after NMS (NTS-Net's PROPOSAL_NUM, FDL's m: 6).
+    cat_num: the top-scoring regions in the concatenated / hybrid feature (CAT_NUM, l: 4).
+    nms_iou: NMS suppression threshold (0.25).
+    part_size: side of a zoomed region at `reference_size` (224).
+    pad: zero padding at `reference_size` (224).
+    reference_size: input size at which the pixel quantities are given (448).
+    separate_part_stats: own BatchNorm running averages for the parts (module docstring).
+    anchor_grid: 'feature' or 'scaled' (fgjax.ops.anchors; the same at 448).
+  """
+  num_classes: int
+  backbone: str = 'resnet50'
+  dtype: Any = jnp.float32
+  bn_axis_name: Any = None
+  proposal_num: int = 6
+  cat_num: int = 4
+  nms_iou: float = 0.25
+  part_size: int = 224
+  pad: int = 224
+  reference_size: int = 448
+  separate_part_stats: bool = True
+  anchor_grid: str = 'feature'
+
+
+class NavigatedModel(RegionModel):
+  """A region model whose proposals come from NTS-Net's navigator (nts, ssanet, scrim).
+
+  Attributes:
+    dropout_rate: dropout on pooled features in training only (0.5, NTS-Net's).
+    navigator_width: channels of the navigator's convolutions (128).
+  """
+  dropout_rate: float = 0.5
+  navigator_width: int = 128
 
 
 def shared_backbone(backbone: str, *, dtype, bn_axis_name, separate_part_stats: bool):

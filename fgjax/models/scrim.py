@@ -70,10 +70,10 @@ class CoarseParts(nn.Module):
     return attention.reshape(batch, h, w, -1), parts, descriptor
 
 
-class SCRIM(nn.Module):
+class SCRIM(regions.NavigatedModel):
   """SCRIM on a shared ResNet backbone (module docstring).
 
-  Attributes (beyond the common ones; the region keys come from model.regions):
+  Attributes (beyond those of regions.RegionModel and regions.NavigatedModel):
     cpl_stages: backbone stages of the CPLs, coarse to fine semantics.
     cpl_parts: G, part attentions per CPL.
     embed_width: D, width of each part's contrastive embedding.
@@ -85,20 +85,6 @@ class SCRIM(nn.Module):
       budget of 6 and 4 parts, split evenly).
     dual_cpl, dual_fpl, use_fpl, use_contrastive: the ablation switches.
   """
-  num_classes: int
-  backbone: str = 'resnet50'
-  dtype: Any = jnp.float32
-  bn_axis_name: Any = None
-  proposal_num: int = 6
-  cat_num: int = 4
-  nms_iou: float = 0.25
-  part_size: int = 224
-  pad: int = 224
-  reference_size: int = 448
-  dropout_rate: float = 0.5
-  navigator_width: int = 128
-  separate_part_stats: bool = True
-  anchor_grid: str = 'feature'
   cpl_stages: Sequence[str] = ('stage3', 'stage4')
   cpl_parts: int = 4
   embed_width: int = 128

@@ -180,14 +180,10 @@ def alignment_penalty(anchor_scores: jnp.ndarray, inside: jnp.ndarray) -> jnp.nd
   return jnp.sum(mass * (1.0 - jax.lax.stop_gradient(inside)), axis=-1)
 
 
-class SSANet(nn.Module):
+class SSANet(regions.NavigatedModel):
   """SSANet with a shared ResNet backbone (module docstring).
 
-  Attributes:
-    num_classes: C.
-    backbone: a name for `fgjax.models.resnet.get_backbone`.
-    dtype: computation dtype of the backbone, navigator and DSM projections.
-    bn_axis_name: BatchNorm's cross-device axis, or None.
+  Attributes (beyond those of regions.RegionModel and regions.NavigatedModel):
     use_dsm: discriminative scale mining on (step 2).
     use_op: oriented pooling on (step 3).
     use_mac: morphological alignment constraint on (step 5).
@@ -203,15 +199,8 @@ class SSANet(nn.Module):
     map_alignment: how the object mask is laid on the input for L_mac ('receptive_field':
       stage4 cell u centred on pixel 32u, as the backbone sees it; 'top_left': the
       original replication rule, half a cell off; fgjax.ops.cam_attention).
-    proposal_num, cat_num, nms_iou, part_size, pad, reference_size, dropout_rate,
-    navigator_width, separate_part_stats, anchor_grid, navigator_guide, guide_weight: as in
-    fgjax.models.nts.NTSNet (6, 4, 0.25, 224, 224, 448, 0.5, 128, True, 'feature', 'none',
-    2.0).
+    navigator_guide, guide_weight: as in fgjax.models.nts.NTSNet ('none', 2.0).
   """
-  num_classes: int
-  backbone: str = 'resnet50'
-  dtype: Any = jnp.float32
-  bn_axis_name: Any = None
   use_dsm: bool = True
   use_op: bool = True
   use_mac: bool = True
@@ -224,16 +213,6 @@ class SSANet(nn.Module):
   op_bins: int = 3
   mac_kernel: int = 3
   mac_weight: float = 1.0
-  proposal_num: int = 6
-  cat_num: int = 4
-  nms_iou: float = 0.25
-  part_size: int = 224
-  pad: int = 224
-  reference_size: int = 448
-  dropout_rate: float = 0.5
-  navigator_width: int = 128
-  separate_part_stats: bool = True
-  anchor_grid: str = 'feature'
   navigator_guide: str = 'none'
   guide_weight: float = 2.0
   map_alignment: str = 'receptive_field'
