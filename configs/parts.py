@@ -13,8 +13,8 @@ runs/parts_pretrain (the ImageNet analogue), SGD momentum 0.9, lr 0.01 with the
 pretrained backbone at 0.1x, x0.1 after 7 of 10 epochs. FDL scores one region per
 attention-map cell, as its paper describes ("each pixel in M corresponds to a region"):
 96 px at 448, i.e. 48 px at 224, centred on the cell's receptive field. NTS-Net and SSANet
-train and are evaluated with the navigator guide (model.regions.navigator_guide) (fgjax.models.regions; our reading).
-README.md has the results.
+train and are evaluated with the navigator guide (model.regions.navigator_guide;
+fgjax.models.regions; our reading). README.md has the results.
 """
 
 from fgjax import config_lib
