@@ -53,8 +53,8 @@ def test_each_fpl_keeps_half_the_parts_and_boxes_interleave_by_rank(full):
     chosen = np.asarray(out[f'fpl_{s}_anchor_scores'])
     assert np.all(np.isin(scores, chosen))
   boxes = np.asarray(out['boxes'])
-  np.testing.assert_array_equal(boxes[:, 0::2], out['fpl_stage3_boxes'])
-  np.testing.assert_array_equal(boxes[:, 1::2], out['fpl_stage4_boxes'])
+  np.testing.assert_array_equal(boxes[:, 0::2], out['fpl_stage4_boxes'])
+  np.testing.assert_array_equal(boxes[:, 1::2], out['fpl_stage3_boxes'])
 
 
 def test_every_module_gets_gradient_and_navigators_only_from_ranking(full):

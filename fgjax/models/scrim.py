@@ -106,7 +106,8 @@ class SCRIM(regions.NavigatedModel):
       [B, G D]; per FPL 'fpl_{s}_part_logits' [B, M, C], 'fpl_{s}_part_scores' [B, M],
       'fpl_{s}_boxes' [B, M, 4], 'fpl_{s}_box_valid', 'fpl_{s}_anchor_scores' [B, A];
       'boxes' [B, K M, 4] (all
-      FPLs' boxes, rank by rank: FPL 1's first, FPL 2's first, FPL 1's second, ...);
+      FPLs' boxes, rank by rank, the last stage's FPL first: its first box, the other
+      FPL's first, its second, ...);
       with use_contrastive and labels in training, 'loss_contrast' [B].
     """
     for stage in self.cpl_stages:
@@ -164,7 +165,9 @@ class SCRIM(regions.NavigatedModel):
             f'{k}_boxes': boxes, f'{k}_box_valid': valid, f'{k}_anchor_scores': scores})
         fine.append(part_features[:, :cat_per_fpl].reshape(images.shape[0], -1))
       # Rank-major over the FPLs: the first cat_num boxes are those the fused feature reads.
-      outputs['boxes'] = jnp.stack([outputs[f'fpl_{s}_boxes'] for s in refined], axis=2
+      # The last stage's FPL leads, the one a single-FPL model keeps, so that the top box
+      # comes from the same module with and without dual_fpl.
+      outputs['boxes'] = jnp.stack([outputs[f'fpl_{s}_boxes'] for s in refined[::-1]], axis=2
                                    ).reshape(images.shape[0], -1, 4)
 
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(features['pooled'])
