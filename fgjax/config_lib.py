@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pretrained_path = ''
   c.model.init_from = ''  # A checkpoint folder of another run to start from (params only).
 
-  # Shared by the region models (nts, fdl, ssanet): how candidate boxes become parts.
+  # Shared by the region models (nts, fdl, ssanet, scrim): how candidate boxes become parts.
   # Each model takes the keys it has (fgjax.models.build_model); pixel sizes are given
   # at reference_size and scaled by min(H, W) / reference_size for other inputs.
   c.model.regions = ml_collections.ConfigDict()
@@ -53,8 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.regions.reference_size = 448  # Input size the pixel sizes above refer to.
   c.model.regions.separate_part_stats = True  # Own BatchNorm running averages for parts (README).
   c.model.regions.anchor_grid = 'feature'  # Map strides; 'scaled': the 448 layout at any size.
-  c.model.regions.dropout_rate = 0.5  # nts, ssanet: dropout on pooled features, training only.
-  c.model.regions.navigator_width = 128  # nts, ssanet: channels of the navigator's convolutions.
+  c.model.regions.dropout_rate = 0.5  # nts, ssanet, scrim: dropout on pooled features (training).
+  c.model.regions.navigator_width = 128  # nts, ssanet, scrim: the navigator convolutions' width.
   # nts, ssanet: class activation prior on the navigator's scores before NMS, our reading
   # (README): 'none' (the paper), 'train' (training only) or 'always'.
   c.model.regions.navigator_guide = 'none'
