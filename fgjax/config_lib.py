@@ -2,13 +2,19 @@
 
 Configs under `configs/` call `base_config()` and override values; they cannot
 add keys (the returned ConfigDict is locked, so a misspelt key fails at once,
-also from the command line). `validate()` checks values that have a fixed set
-of choices and names the valid ones.
+also from the command line). `validate()` checks every value before anything
+compiles: its type, its choices or range (fgjax.config_checks) and the rules
+between keys, naming the key, the value and what is allowed. `rerun_differences()`
+tells what a rerun in a workdir may change of the config saved there.
 """
 
 import difflib
+import json
+import shlex
 
 import ml_collections
+
+from fgjax import config_checks
 
 # Per-method keyword arguments live under config.model.<method>; the model
 # registry (fgjax.models.MODELS) lists the valid model names.
@@ -119,6 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.momentum = 0.9  # SGD momentum.
   c.train.weight_decay = 5e-4  # L2 added to the gradient (PyTorch SGD convention).
   c.train.grad_clip_norm = 0.0  # > 0: clip the gradient's global L2 norm to this (0: off).
+  # > 0: skip an update whose loss or gradient is not finite and stop after this many in a
+  # row; 0: stop at the first.
+  c.train.skip_nonfinite_steps = 0
   c.train.parallelism = 'pmap'  # 'pmap' or 'shard_map' (jit over a device mesh).
   c.train.log_every_steps = 50  # Progress line and metrics.jsonl row every this many steps.
   c.train.eval_every_epochs = 10  # Evaluate every this many epochs (and at the end).
@@ -242,35 +251,113 @@ def unknown_keys_message(unknown) -> str:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the key and the valid values for a bad config."""
+  """Raises ValueError naming the key, its value and the valid values for a bad config."""
   # Imported here: models import jax/flax, which configs must not need.
   from fgjax import models  # pylint: disable=g-import-not-at-top
   from fgjax.models import regions  # pylint: disable=g-import-not-at-top
   from fgjax.models import resnet  # pylint: disable=g-import-not-at-top
+  from fgjax.models import scrim  # pylint: disable=g-import-not-at-top
   flat = flatten(config)
   unknown = set(flat) - set(valid_keys())
   if unknown:
     raise ValueError(unknown_keys_message(unknown))
+  config_checks.check_types(flat, config_checks.declared_types(base_config()))
   choices = {**CHOICES, 'model.name': tuple(models.MODELS),
              'model.backbone': tuple(resnet.BACKBONES),
              'model.regions.navigator_guide': regions.GUIDES}
   for key, valid in choices.items():
-    value = config
-    for part in key.split('.'):
-      value = value[part]
-    if value not in valid:
-      raise ValueError(f'config.{key}={value!r} is not valid; valid values: {list(valid)}.')
-  for key in ('train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',
-              'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-              'train.eval_every_epochs', 'train.lr_decay_epochs', 'model.regions.proposal_num',
-              'model.regions.cat_num'):
-    value = flat[key]
-    if value <= 0:
-      raise ValueError(f'config.{key} must be positive, got {value}.')
-  if config.model.regions.cat_num > config.model.regions.proposal_num:
-    raise ValueError(f'config.model.regions.cat_num={config.model.regions.cat_num} exceeds '
-                     f'config.model.regions.proposal_num={config.model.regions.proposal_num}: '
-                     'the concatenated feature takes the top cat_num of the proposals.')
-  if config.data.resize_size < config.data.image_size:
-    raise ValueError(f'config.data.resize_size={config.data.resize_size} is smaller than '
-                     f'config.data.image_size={config.data.image_size}.')
+    if flat[key] not in valid:
+      raise ValueError(f'config.{key}={flat[key]!r} is not valid; valid values: {list(valid)}.')
+  stages = config_checks.stage_names(tuple(scrim.STAGE_STRIDES))  # The backbone's pyramid.
+  config_checks.check_ranges(flat, {**config_checks.RANGES, 'model.ssanet.dsm_stages': stages,
+                                    'model.scrim.cpl_stages': stages})
+  config_checks.check_relations(config)
+
+
+# What a rerun in a workdir that holds a run may change: these only extend the run or
+# change what it logs, evaluates with and keeps (rerun_differences). Not data.num_workers:
+# grain's saved iterator state has one entry per worker process, and a state saved with
+# one count does not restore into another (tests/test_rerun.py).
+RERUN_MAY_CHANGE = (
+    'train.epochs',  # The lr of the steps taken does not depend on it (train_step.lr_schedule).
+    'train.eval_every_epochs',
+    'train.log_every_steps',
+    'train.checkpoint_every_steps',
+    'train.keep_checkpoints',
+    'train.skip_nonfinite_steps',
+    'train.parallelism',  # Checkpoints hold the host state; both modes run the same step.
+    'eval.batch_size',  # Evaluation is exact (padded and masked) at any batch size.
+    'data.data_dir',  # Where the prepared data lie; the data set is data.name and its split.
+    'data.on_bad_image',  # Read only when the data are prepared.
+)
+
+
+def _keys_the_run_reads(config) -> set:
+  """The keys of `config` that its run reads: not the other methods' sections, not the
+  model.regions keys its model lacks, not classes_per_batch for the random sampler."""
+  from fgjax import models  # pylint: disable=g-import-not-at-top
+  settings = models.model_settings(config.model)
+  others = tuple(f'model.{m}.' for m in METHODS if m != config.model.name)
+  keys = {k for k in flatten(config) if not k.startswith(others)}
+  keys -= {f'model.regions.{k}' for k in config.model.regions if k not in settings}
+  if config.data.sampler != 'class_balanced':
+    keys.discard('data.classes_per_batch')
+  return keys
+
+
+def _as_config_value(value):
+  """A JSON value as the config holds it: lists (JSON's tuples) become tuples."""
+  return tuple(_as_config_value(v) for v in value) if isinstance(value, list) else value
+
+
+def rerun_differences(saved_flat: dict, config: ml_collections.ConfigDict):
+  """(blocking, allowed): how `config` differs from the config saved in a workdir.
+
+  Args:
+    saved_flat: the workdir's config.json, flattened (`flatten(json.load(f))`). An older
+      fgjax's moved keys are renamed (`upgrade`), and a key it lacks counts as its
+      default (a key is added with the default that keeps the older behaviour).
+    config: the rerun's (validated) config.
+
+  Returns:
+    Two lists of (dotted key, saved value, new value), sorted by key, for the keys the
+    run reads (`_keys_the_run_reads`) whose values differ (a JSON list equals the tuple).
+    Allowed: the keys of RERUN_MAY_CHANGE. Blocking: every other key, since it changes
+    the model, the data or the optimisation already done.
+  """
+  saved, new, defaults = upgrade(saved_flat), flatten(config), flatten(base_config())
+  blocking, allowed = [], []
+  for key in sorted(_keys_the_run_reads(config)):
+    old = _as_config_value(saved.get(key, defaults[key]))
+    if old != _as_config_value(new[key]):
+      (allowed if key in RERUN_MAY_CHANGE else blocking).append((key, old, new[key]))
+  return blocking, allowed
+
+
+def _override(key: str, value) -> str:
+  """The command-line flag that sets `key` to `value`, quoted for the shell."""
+  if key == 'model.name':  # Given after the config path: --config=configs/cub.py:fdl.
+    return f'--config=CONFIG.py:{value}'
+  if isinstance(value, (tuple, list)):
+    items = [json.dumps(v) if isinstance(v, str) else repr(v) for v in value]
+    text = f'({", ".join(items)}{"," if len(items) == 1 else ""})'
+  else:
+    text = value if isinstance(value, str) else repr(value)
+  return shlex.quote(f'--config.{key}={text}')
+
+
+def rerun_error_message(workdir: str, blocking) -> str:
+  """The error for a rerun whose config changes what `workdir`'s run already did."""
+  lines = [f'{workdir} holds a run of another config: its config.json differs in keys a '
+           'rerun cannot change (they decide the model, the data or the optimisation '
+           'already done):']
+  lines += [f'  config.{key}: saved {old!r}, now {new!r}' for key, old, new in blocking]
+  flags = [_override(key, old) for key, old, _ in blocking if old is not None]
+  unset = [key for key, old, _ in blocking if old is None]
+  lines.append('Train the new config in a new --workdir, or rerun with the saved values'
+               + (':' if flags or unset else '.'))
+  if flags:
+    lines.append('  ' + ' '.join(flags))
+  if unset:  # No command-line flag sets None.
+    lines.append(f'  and None for {", ".join(unset)} in the config file')
+  return '\n'.join(lines)

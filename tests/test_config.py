@@ -2,10 +2,12 @@
 
 import ast
 import importlib
+import math
 import re
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from fgjax import config_lib
@@ -73,12 +75,6 @@ _CHOICES = {
     'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
     'train.parallelism': ('pmap', 'shard_map'),
 }
-_POSITIVE = ['train.batch_size', 'eval.batch_size', 'train.epochs', 'data.image_size',
-             'train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-             'train.eval_every_epochs', 'train.lr_decay_epochs', 'model.regions.proposal_num',
-             'model.regions.cat_num']
-
-
 def _config(values: dict):
   """base_config() with {dotted key: value} set."""
   config = config_lib.base_config()
@@ -93,8 +89,8 @@ def _config(values: dict):
 
 @pytest.mark.parametrize('key', sorted(_CHOICES))
 def test_each_choice_accepts_its_values_and_names_them_on_a_bad_one(key):
-  for value in _CHOICES[key]:
-    config_lib.validate(_config({key: value}))
+  for value in _CHOICES[key]:  # (The class-balanced sampler also needs its class count.)
+    config_lib.validate(_config({'data.classes_per_batch': 4, key: value}))
   with pytest.raises(ValueError) as raised:
     config_lib.validate(_config({key: 'bogus'}))
   msg = str(raised.value)
@@ -103,12 +99,156 @@ def test_each_choice_accepts_its_values_and_names_them_on_a_bad_one(key):
   assert listed and set(ast.literal_eval(listed.group(1))) == set(_CHOICES[key]), msg
 
 
-@pytest.mark.parametrize('key', _POSITIVE)
-def test_each_count_must_be_positive(key):
-  config_lib.validate(_config({'model.regions.cat_num': 1, key: 1}))
-  for bad in (0, -3):
-    with pytest.raises(ValueError, match=re.escape(f'config.{key} must be positive, got {bad}')):
-      config_lib.validate(_config({key: bad}))
+_STAGES = "['stage1', 'stage2', 'stage3', 'stage4']"
+# key -> (accepted values, boundaries included; refused values; what the error allows).
+_RANGES = {
+    'seed': ([0, 2 ** 32 - 1], [-1, 2 ** 32], 'an integer in [0, 4294967295]'),
+    'data.image_size': ([1], [0, -3], 'an integer >= 1'),
+    'data.resize_size': ([600], [0], 'an integer >= 1'),
+    'data.num_workers': ([0, 8], [-1], 'an integer >= 0'),
+    'data.classes_per_batch': ([0, 5], [-1], 'an integer >= 0'),
+    'model.regions.proposal_num': ([4, 1], [0, -3], 'an integer >= 1'),
+    'model.regions.cat_num': ([1], [0, -3], 'an integer >= 1'),
+    'model.regions.nms_iou': ([1.0, 1e-6], [0.0, -0.1, 1.01], 'a number in (0, 1]'),
+    'model.regions.part_size': ([1], [0], 'an integer >= 1'),
+    'model.regions.pad': ([0], [-1], 'an integer >= 0'),
+    'model.regions.reference_size': ([1], [0], 'an integer >= 1'),
+    'model.regions.dropout_rate': ([0.0, 0.99], [1.0, -0.1], 'a number in [0, 1)'),
+    'model.regions.navigator_width': ([1], [0], 'an integer >= 1'),
+    'model.regions.guide_weight': ([0.0], [-1.0, math.inf], 'a finite number >= 0'),
+    'model.fdl.smooth_sigma': ([0.0, 2.5], [-1.0, math.nan], 'a finite number >= 0'),
+    'model.fdl.smooth_kernel_size': ([None, 1, 7], [0, 4, -1],
+                                     'None (2 ceil(3 sigma) + 1) or an odd integer >= 1'),
+    'model.fdl.region_size': ([None, 1], [0], 'None (the anchors of model.regions) or an '
+                              'integer >= 1'),
+    'model.ssanet.dsm_stages': ([('stage1',), ('stage4', 'stage2')],
+                                [(), ('stage5',), ('pooled',), ('stage3', 'stage3')],
+                                f'a non-empty tuple of distinct stages from {_STAGES}'),
+    'model.ssanet.dsm_width': ([1], [0], 'an integer >= 1'),
+    'model.ssanet.dsm_lambda': ([1e-9], [0.0, -1.0], 'a finite number > 0'),
+    'model.ssanet.dsm_temperature': ([1e-3], [0.0, math.inf], 'a finite number > 0'),
+    'model.ssanet.dsm_sigma': ([1e-3], [0.0], 'a finite number > 0'),
+    'model.ssanet.op_angles': ([(0.0,), (-30.0, 400.0)], [(), (math.nan,), ('a',)],
+                               'a non-empty tuple of finite angles in degrees'),
+    'model.ssanet.op_bins': ([1], [0], 'an integer >= 1'),
+    'model.ssanet.mac_kernel': ([1, 2, 5], [0], 'an integer >= 1'),
+    'model.ssanet.mac_weight': ([0.0], [-0.5], 'a finite number >= 0'),
+    'model.scrim.cpl_stages': ([('stage4',), ('stage1', 'stage2')], [(), ('stage4', 'stage4')],
+                               f'a non-empty tuple of distinct stages from {_STAGES}'),
+    'model.scrim.cpl_parts': ([1], [0], 'an integer >= 1'),
+    'model.scrim.embed_width': ([1], [0], 'an integer >= 1'),
+    'model.scrim.temperature': ([1e-3], [0.0, -0.1], 'a finite number > 0'),
+    'model.scrim.contrastive_weight': ([0.0], [-1.0], 'a finite number >= 0'),
+    'model.scrim.cpl_guide_weight': ([0.0], [-1.0], 'a finite number >= 0'),
+    'train.batch_size': ([1], [0, -3], 'an integer >= 1'),
+    'train.epochs': ([1], [0, -3], 'an integer >= 1'),
+    'train.base_lr': ([1e-9, 10.0], [0.0, -1.0, math.nan, math.inf], 'a finite number > 0'),
+    'train.pretrained_lr_mult': ([0.0, 2.0], [-0.1], 'a finite number >= 0'),
+    'train.lr_decay_epochs': ([1, 1000], [0], 'an integer >= 1'),
+    'train.lr_decay_factor': ([1.0, 0.01], [0.0, 1.5, -0.1], 'a number in (0, 1]'),
+    'train.warmup_epochs': ([0.0, 0.5], [-1.0], 'a finite number >= 0'),
+    'train.momentum': ([0.0, 0.99], [1.0, -0.1], 'a number in [0, 1)'),
+    'train.weight_decay': ([0.0], [-1e-4], 'a finite number >= 0'),
+    'train.grad_clip_norm': ([0.0, 1.0], [-1.0], 'a finite number >= 0'),
+    'train.skip_nonfinite_steps': ([0, 5], [-1], 'an integer >= 0'),
+    'train.log_every_steps': ([1], [0], 'an integer >= 1'),
+    'train.eval_every_epochs': ([1], [0], 'an integer >= 1'),
+    'train.checkpoint_every_steps': ([1], [0], 'an integer >= 1'),
+    'train.keep_checkpoints': ([1], [0], 'an integer >= 1'),
+    'eval.batch_size': ([1], [0, -3], 'an integer >= 1'),
+}
+# Other keys set with a key above, so that only the range decides.
+_WITH = {'model.regions.proposal_num': {'model.regions.cat_num': 1},
+         'data.image_size': {'data.resize_size': 1}}
+
+
+def test_every_number_and_tuple_key_has_a_range_stated_here():
+  flat = config_lib.flatten(config_lib.base_config())
+  assert {k for k, v in flat.items() if not isinstance(v, (bool, str))} == set(_RANGES)
+
+
+@pytest.mark.parametrize('key', sorted(_RANGES))
+def test_each_number_is_checked_against_its_range(key):
+  accepted, refused, allowed = _RANGES[key]
+  for value in accepted:
+    config_lib.validate(_config({**_WITH.get(key, {}), key: value}))
+  for value in refused:
+    config = _config({**_WITH.get(key, {}), key: value})
+    with pytest.raises(ValueError) as raised:
+      config_lib.validate(config)
+    stored = config_lib.flatten(config)[key]  # As the config holds it: -1 in a float key is -1.0.
+    assert str(raised.value) == f'config.{key}={stored!r} is out of range; allowed: {allowed}.'
+
+
+def test_the_reported_base_lr_of_minus_one_is_refused():
+  config = importlib.import_module('configs.demo').get_config()
+  config.train.base_lr = -1  # What --config.train.base_lr=-1 sets: the float -1.0.
+  with pytest.raises(ValueError, match=re.escape(
+      'config.train.base_lr=-1.0 is out of range; allowed: a finite number > 0.')):
+    config_lib.validate(config)
+
+
+def _rebuilt(values: dict) -> ml_collections.ConfigDict:
+  """base_config() with {dotted key: value} set in its dict, rebuilt as a ConfigDict (as a
+  config.json would be), so that ml_collections' own type checks do not apply."""
+  tree = config_lib.base_config().to_dict()
+  for key, value in values.items():
+    *sections, name = key.split('.')
+    node = tree
+    for s in sections:
+      node = node[s]
+    node[name] = value
+  return ml_collections.ConfigDict(tree)
+
+
+@pytest.mark.parametrize('key, value, must_be', [
+    ('model.regions.separate_part_stats', 1, 'True or False'),
+    ('model.fdl.image_level_only', 0.0, 'True or False'),
+    ('train.batch_size', 16.0, 'an integer'),
+    ('train.epochs', True, 'an integer'),
+    ('train.base_lr', False, 'a number'),
+    ('model.fdl.region_size', 96.5, 'an integer or None'),
+    ('seed', None, 'an integer'),
+    ('data.name', 3, 'a string'),
+    ('model.ssanet.op_angles', 45.0, 'a tuple'),
+])
+def test_a_value_of_the_wrong_type_is_named(key, value, must_be):
+  with pytest.raises(ValueError) as raised:
+    config_lib.validate(_rebuilt({key: value}))
+  assert str(raised.value) == (f'config.{key}={value!r} is a {type(value).__name__}; '
+                               f'it must be {must_be}.')
+
+
+def test_a_bool_in_an_int_key_which_ml_collections_lets_through_is_refused():
+  with pytest.raises(ValueError, match=r'config\.train\.epochs=True is a bool; it must be an '
+                     'integer'):
+    config_lib.validate(_config({'train.epochs': True}))
+
+
+def test_class_balanced_batches_need_a_class_count_dividing_the_batch():
+  balanced = {'data.sampler': 'class_balanced', 'train.batch_size': 16}
+  for classes in (1, 4, 16):
+    config_lib.validate(_config({**balanced, 'data.classes_per_batch': classes}))
+  for classes in (0, 3, 32):
+    with pytest.raises(ValueError, match=re.escape(
+        f'config.data.classes_per_batch={classes} must be >= 1 and divide '
+        'config.train.batch_size=16')):
+      config_lib.validate(_config({**balanced, 'data.classes_per_batch': classes}))
+  config_lib.validate(_config({'data.classes_per_batch': 3}))  # The random sampler ignores it.
+
+
+def test_scrim_splits_its_proposals_evenly_over_its_fpls():
+  three = {'model.name': 'scrim', 'model.scrim.cpl_stages': ('stage2', 'stage3', 'stage4')}
+  with pytest.raises(ValueError, match=r"proposal_num=6 and .*cat_num=4 must split evenly "
+                     r"over SCRIM's 3 FPLs"):
+    config_lib.validate(_config(three))
+  config_lib.validate(_config({**three, 'model.regions.cat_num': 3}))
+  config_lib.validate(_config({**three, 'model.scrim.dual_fpl': False}))  # One FPL.
+  config_lib.validate(_config({**three, 'model.scrim.dual_cpl': False}))  # One CPL, one FPL.
+  config_lib.validate(_config({**three, 'model.scrim.use_fpl': False}))  # None.
+  config_lib.validate(_config({**three, 'model.name': 'nts'}))  # Only SCRIM splits them.
+  with pytest.raises(ValueError, match=r"proposal_num=5 .* over SCRIM's 2 FPLs"):
+    config_lib.validate(_config({'model.name': 'scrim', 'model.regions.proposal_num': 5}))
 
 
 def test_resize_size_may_equal_but_not_undercut_image_size():

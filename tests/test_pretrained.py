@@ -299,7 +299,7 @@ def test_refuses_other_globals(tmp_path, legacy):
   evil = _op_str('evil') + _op_global('os', 'system') + _op_tuple([_op_str('true')]) + b'R'
   path = tmp_path / 'evil.pth'
   _write_torch_file(path, tensors, storages, legacy, extra=evil)
-  with pytest.raises(Exception, match=r'evil\.pth.*os\.system'):
+  with pytest.raises(ValueError, match=r'evil\.pth.*os\.system'):
     pretrained.load_torch_state_dict(path)
 
 
@@ -349,6 +349,22 @@ def test_mapping_errors_name_the_keys():
     pretrained.torchvision_to_flax(
         _random_state_dict(_torchvision_shapes((3, 4, 6, 3), bottleneck=True)),
         _abstract_variables(resnet.ResNet18(width=0.125)))
+
+
+@pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
+def test_mapping_errors_name_the_file(tmp_path, legacy):
+  state_dict = _random_state_dict(_torchvision_shapes((1, 1, 1, 1), bottleneck=False))
+  del state_dict['layer2.0.bn1.running_var']
+  state_dict['layer1.0.conv2.weight'] = np.zeros((8, 8, 1, 3), np.float32)
+  path = tmp_path / 'wrong.pth'
+  _write_state_dict(path, state_dict, legacy)
+  variables = _abstract_variables(resnet.ResNetTiny())
+  with pytest.raises(ValueError) as error:
+    pretrained.load_pretrained_backbone(path, variables, backbone_path=())
+  message = str(error.value)
+  assert message.startswith(f'{path} does not fit the ResNet variables:'), message
+  assert 'missing keys (1): layer2.0.bn1.running_var' in message
+  assert 'layer1.0.conv2.weight: expected shape (8, 8, 3, 3), found (8, 8, 1, 3)' in message
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,8 @@
 """ImageNet-pretrained torchvision ResNet weights for `fgjax.models.resnet`.
 
-No PyTorch is needed. `load_torch_state_dict` reads what `torch.save` writes
-(the zip format of PyTorch >= 1.6, and the older single-stream format of
-torchvision's first ResNet files such as resnet50-19c8e357.pth) with a
-restricted unpickler that turns tensors into NumPy arrays and refuses every
-other global; it also reads an `.npz` holding the same keys.
+No PyTorch is needed: `load_torch_state_dict` (fgjax.models.weight_file,
+re-exported here) reads what `torch.save` writes, either format, or an `.npz`;
+this module maps torchvision's names and layouts onto ours.
 
   variables = model.init(rng, images)
   variables = load_pretrained_backbone('resnet50-0676ba61.pth', variables)
@@ -22,239 +20,18 @@ Names, torchvision -> ours (conv kernels OIHW -> HWIO):
 `*.num_batches_tracked` and `fc.*` (the head is trained anew) are dropped.
 """
 
-import collections
 import os
-import pickle
 import re
-import struct
-import zipfile
 from typing import Any, Mapping, Sequence
 
 from flax import traverse_util
 import jax
-import ml_dtypes
 import numpy as np
 
+from fgjax.models.weight_file import load_torch_state_dict  # pylint: disable=unused-import
+from fgjax.models.weight_file import WeightFileError  # pylint: disable=unused-import
+
 PathLike = str | os.PathLike
-
-_STORAGE_DTYPES = {
-    'DoubleStorage': np.float64,
-    'FloatStorage': np.float32,
-    'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16,
-    'LongStorage': np.int64,
-    'IntStorage': np.int32,
-    'ShortStorage': np.int16,
-    'CharStorage': np.int8,
-    'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
-}
-# The first three pickles of the pre-1.6 format: magic number, version, sys_info.
-_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
-_LEGACY_VERSION = 1001
-# torch pickles the magic number with protocol 2 as a 10-byte LONG1.
-_LEGACY_HEADER = b'\x80\x02\x8a\x0a' + _LEGACY_MAGIC.to_bytes(10, 'little')
-
-
-class _StorageType:
-  """Stands in for the global `torch.<Name>Storage`; only its dtype matters."""
-
-  def __init__(self, name: str):
-    self.dtype = np.dtype(_STORAGE_DTYPES[name])
-
-
-class _Storage:
-  """A flat typed buffer. `data` is set once its bytes are read."""
-
-  def __init__(self, dtype: np.dtype, numel: int, base=None, offset: int = 0):
-    self.dtype, self.numel, self.base, self.offset = dtype, numel, base, offset
-    self.data = None
-
-  def array(self) -> np.ndarray:
-    if self.base is not None:  # A view (old format): elements [offset, offset + numel).
-      return self.base.array()[self.offset:self.offset + self.numel]
-    return self.data
-
-
-class _Tensor:
-  """What `_rebuild_tensor_v2` returns: a strided view into a `_Storage`."""
-
-  def __init__(self, storage, offset, shape, stride):
-    self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
-
-
-def _read_storage(raw: bytes, dtype: np.dtype, numel: int, little_endian: bool, where: str):
-  """Decodes `numel` elements of `dtype` from `raw` into a native-order array."""
-  if len(raw) < numel * dtype.itemsize:
-    raise ValueError(f'{where}: storage holds {len(raw)} bytes, '
-                     f'{numel} x {dtype.name} needs {numel * dtype.itemsize}.')
-  # Via unsigned integers, so that one code path swaps bytes for every dtype.
-  order = '<' if little_endian else '>'
-  words = np.frombuffer(raw, dtype=f'{order}u{dtype.itemsize}', count=numel)
-  return words.astype(f'=u{dtype.itemsize}').view(dtype)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickles a state dict; any global but tensors and OrderedDict is refused."""
-
-  def __init__(self, file, path: str, load_storage):
-    super().__init__(file, encoding='utf-8')
-    self._path = path
-    self._load_storage = load_storage
-
-  def find_class(self, module, name):
-    if (module, name) == ('collections', 'OrderedDict'):
-      return collections.OrderedDict
-    if module == 'torch._utils' and name in ('_rebuild_tensor', '_rebuild_tensor_v2'):
-      return self._rebuild_tensor  # A bound method: a pickle cannot patch it.
-    if module == 'torch._utils' and name == '_rebuild_parameter':
-      return self._rebuild_parameter
-    if module in ('torch', 'torch.cuda') and name in _STORAGE_DTYPES:
-      return _StorageType(name)
-    raise pickle.UnpicklingError(
-        f'{self._path}: refusing to unpickle the global {module}.{name}: a state dict '
-        'holds only tensors (torch._utils._rebuild_tensor_v2, torch.*Storage) and '
-        'collections.OrderedDict.')
-
-  def persistent_load(self, pid):
-    # ('storage', storage type, key, location, numel[, view metadata]); a Python 2
-    # pickle may hold bytes.
-    if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] not in ('storage', b'storage')
-        or not isinstance(pid[1], _StorageType)):
-      raise pickle.UnpicklingError(f'{self._path}: unsupported persistent id {pid!r:.200}.')
-    return self._load_storage(pid)
-
-  def _rebuild_tensor(self, storage, offset, shape, stride, *unused):
-    del unused  # requires_grad, backward hooks, metadata.
-    if not isinstance(storage, _Storage):
-      raise pickle.UnpicklingError(f'{self._path}: a tensor without a storage.')
-    return _Tensor(storage, offset, tuple(shape), tuple(stride))
-
-  def _rebuild_parameter(self, data, *unused):
-    del unused
-    return data
-
-
-def _to_array(tensor: _Tensor, where: str) -> np.ndarray:
-  """Copies a strided view out of its storage, after checking its bounds."""
-  data = tensor.storage.array()
-  if data is None:
-    raise ValueError(f'{where}: its storage has no data in the file.')
-  shape, stride, offset = tensor.shape, tensor.stride, tensor.offset
-  if len(shape) != len(stride) or any(n < 0 for n in shape) or any(s < 0 for s in stride):
-    raise ValueError(f'{where}: bad shape {shape} or stride {stride}.')
-  if 0 in shape:
-    return np.zeros(shape, data.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
-  if offset < 0 or last >= data.size:
-    raise ValueError(f'{where}: shape {shape}, stride {stride} and offset {offset} '
-                     f'read past the end of a storage of {data.size} elements.')
-  view = np.lib.stride_tricks.as_strided(
-      data[offset:], shape, [s * data.itemsize for s in stride], writeable=False)
-  return np.array(view)
-
-
-def _load_zip(path: str, archive: zipfile.ZipFile, prefix: str):
-  """Reads `<prefix>data.pkl` and the storages `<prefix>data/<key>` it names."""
-  names = set(archive.namelist())
-  little_endian = True
-  if prefix + 'byteorder' in names:
-    little_endian = archive.read(prefix + 'byteorder').strip() != b'big'
-  storages = {}
-
-  def load_storage(pid):
-    storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-    if key not in storages:
-      record = f'{prefix}data/{key}'
-      if record not in names:
-        raise ValueError(f'{path}: the checkpoint has no storage record {record!r}.')
-      storages[key] = _Storage(storage_type.dtype, numel)
-      storages[key].data = _read_storage(archive.read(record), storage_type.dtype, numel,
-                                         little_endian, f'{path}:{record}')
-    return storages[key]
-
-  with archive.open(prefix + 'data.pkl') as f:
-    return _RestrictedUnpickler(f, path, load_storage).load()
-
-
-def _load_legacy(path: str, f):
-  """Reads the pre-1.6 format: four pickles, then each storage's size and bytes."""
-
-  def no_storage(pid):
-    raise pickle.UnpicklingError(f'{path}: unexpected persistent id {pid!r:.200}.')
-
-  def load(load_storage=no_storage):
-    return _RestrictedUnpickler(f, path, load_storage).load()
-
-  if load() != _LEGACY_MAGIC or load() != _LEGACY_VERSION:
-    raise ValueError(f'{path}: not a PyTorch checkpoint (bad magic number or version).')
-  sys_info = load()
-  little_endian = sys_info.get('little_endian', True) if isinstance(sys_info, dict) else True
-  roots, views = {}, {}
-
-  def load_storage(pid):
-    storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-    roots.setdefault(key, _Storage(storage_type.dtype, numel))
-    view_metadata = pid[5] if len(pid) > 5 else None
-    if view_metadata is None:
-      return roots[key]
-    view_key, offset, view_numel = view_metadata
-    return views.setdefault(view_key, _Storage(storage_type.dtype, view_numel,
-                                               base=roots[key], offset=offset))
-
-  result = load(load_storage)
-  for key in load():
-    if key not in roots:
-      raise ValueError(f'{path}: storage {key!r} is not used by any tensor.')
-    storage = roots[key]
-    (numel,) = struct.unpack('<q' if little_endian else '>q', f.read(8))
-    raw = f.read(numel * storage.dtype.itemsize)
-    storage.data = _read_storage(raw, storage.dtype, numel, little_endian, f'{path}:{key}')
-  return result
-
-
-def load_torch_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state dict (`torch.save` file) or an `.npz`, without torch.
-
-  Args:
-    path: a file written by `torch.save(model.state_dict(), path)` (zip or
-      legacy format), or by `np.savez(path, **state_dict)`.
-
-  Returns:
-    {name: array}, arrays in the stored dtype (bfloat16 as `ml_dtypes.bfloat16`).
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'No such checkpoint file: {path}')
-  if zipfile.is_zipfile(path):
-    with zipfile.ZipFile(path) as archive:
-      names = archive.namelist()
-      pickles = [n for n in names if re.fullmatch(r'[^/]+/data\.pkl', n)]
-      if len(pickles) == 1:
-        state_dict = _load_zip(path, archive, pickles[0][:-len('data.pkl')])
-      elif names and all(n.endswith('.npy') for n in names):
-        with np.load(path, allow_pickle=False) as npz:
-          return {key: npz[key] for key in npz.files}
-      else:
-        raise ValueError(f'{path}: unknown format: a zip file that is neither a PyTorch '
-                         f'checkpoint (<name>/data.pkl) nor an .npz; it holds {names[:5]}.')
-  else:
-    with open(path, 'rb') as f:
-      if f.read(len(_LEGACY_HEADER)) != _LEGACY_HEADER:
-        raise ValueError(f'{path}: unknown format: neither a PyTorch checkpoint (zip or '
-                         'legacy) nor an .npz.')
-      f.seek(0)
-      state_dict = _load_legacy(path, f)
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f'{path}: expected a state dict (names -> tensors), '
-                     f'found a {type(state_dict).__name__}.')
-  arrays = {}
-  for key, value in state_dict.items():
-    if not isinstance(value, _Tensor):
-      raise ValueError(f'{path}: expected a state dict (names -> tensors), but {key!r} '
-                       f'holds a {type(value).__name__}.')
-    arrays[key] = _to_array(value, f'{path}: tensor {key!r}')
-  return arrays
 
 
 # Our leaf name -> torchvision's, per collection.
@@ -315,7 +92,8 @@ def _listing(title: str, items) -> str:
   return f'\n  {title} ({len(items)}): {shown}'
 
 
-def torchvision_to_flax(state_dict: Mapping[str, Any], variables: Mapping[str, Any]):
+def torchvision_to_flax(state_dict: Mapping[str, Any], variables: Mapping[str, Any],
+                        source: str = 'The state dict'):
   """Returns `variables` of a `resnet.ResNet` with torchvision's weights in them.
 
   Args:
@@ -324,6 +102,7 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], variables: Mapping[str, A
     variables: {'params': ..., 'batch_stats': ...} of the backbone alone; the
       leaves may be arrays or `jax.ShapeDtypeStruct`s (only shape and dtype
       are read).
+    source: what errors call the state dict, e.g. its file.
 
   Returns:
     New variables of the same structure and dtypes; each leaf comes from
@@ -352,7 +131,7 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], variables: Mapping[str, A
         bad_shapes.append(why)
   if missing or unused or unmapped or bad_shapes:
     raise ValueError(
-        'The state dict does not fit the ResNet variables:' +
+        f'{source} does not fit the ResNet variables:' +
         (_listing('missing keys', missing) if missing else '') +
         (_listing('unused keys', unused) if unused else '') +
         (_listing('shape mismatches', bad_shapes) if bad_shapes else '') +
@@ -399,7 +178,8 @@ def load_pretrained_backbone(source: PathLike | Mapping[str, Any],
     raise KeyError(f"No backbone at params/{'/'.join(backbone_path)}; the top-level "
                    f'params are {available}.')
   state_dict = source if isinstance(source, Mapping) else load_torch_state_dict(source)
-  converted = torchvision_to_flax(state_dict, backbone)
+  name = 'The state dict' if isinstance(source, Mapping) else os.fspath(source)
+  converted = torchvision_to_flax(state_dict, backbone, name)
   new = dict(variables)
   for collection, tree in converted.items():
     new[collection] = _replace_subtree(variables[collection], backbone_path, tree)
