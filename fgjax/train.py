@@ -20,6 +20,7 @@ import numpy as np
 from fgjax import checkpoint
 from fgjax import config_lib
 from fgjax import models
+from fgjax import preemption
 from fgjax import train_step as ts
 from fgjax.data import pipeline
 from fgjax.data import registry
@@ -53,7 +54,7 @@ def open_sources(config):
     # Synthetic sets need no download: generate them on first use (main process only).
     if jax.process_index() == 0:
       registry.prepare(config.data.name, data_dir, builder_config=builder_config)
-    _sync_processes('synthetic data')
+    checkpoint.sync_processes('synthetic data')
   builder = registry.require_prepared(config.data.name, data_dir, builder_config,
                                       config.data.on_bad_image)
   train = pipeline.TfdsSource(config.data.name, data_dir, config.data.train_split,
@@ -61,12 +62,6 @@ def open_sources(config):
   test = pipeline.TfdsSource(config.data.name, data_dir, config.data.eval_split,
                              config.data.builder_config)
   return train, test, builder.info.features['label'].num_classes
-
-
-def _sync_processes(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
 
 
 def evaluate(parallel, p_eval, state, source, spec, config) -> dict:
@@ -112,6 +107,71 @@ def build_model_and_optimizer(config, num_classes: int, steps_per_epoch: int):
   return model, schedule, tx
 
 
+class _Progress:
+  """Per-step metrics -> checks, progress lines and metrics.jsonl rows.
+
+  Steps are read back from the devices only at a check (log steps, and before every
+  evaluation and checkpoint), so the host does not wait for each step. A step whose update
+  was skipped (train.skip_nonfinite_steps > 0) is counted and left out of the means; too
+  many in a row, or any non-finite metric when skipping is off, raises before anything of
+  those steps is evaluated or saved.
+  """
+
+  def __init__(self, config, parallel, metrics_path, total_steps, steps_per_epoch, start_step):
+    self._config, self._parallel, self._path = config, parallel, metrics_path
+    self._total, self._per_epoch = total_steps, steps_per_epoch
+    self._unread, self._rows, self._skipped, self._in_row = [], [], 0, 0
+    self._time, self._step = time.time(), start_step
+
+  def add(self, metrics) -> None:
+    self._unread.append(metrics)
+
+  def check(self, step: int) -> None:
+    """Reads back the steps up to `step`; raises NonFiniteLossError as the class says."""
+    limit = self._config.train.skip_nonfinite_steps
+    first = step - len(self._unread) + 1
+    for i, row in enumerate(self._parallel.to_host(self._unread)):
+      if limit and row['skipped'] > 0:
+        self._skipped, self._in_row = self._skipped + 1, self._in_row + 1
+        if self._in_row >= limit:
+          raise NonFiniteLossError(
+              f'{self._in_row} steps in a row up to step {first + i} had a non-finite loss or '
+              f'gradient (train.skip_nonfinite_steps={limit}); their updates were skipped, '
+              'so the parameters are those of the last good step.')
+        continue
+      self._in_row = 0
+      bad = {k: float(v) for k, v in row.items() if not math.isfinite(float(v))}
+      if bad:
+        raise NonFiniteLossError(f'Non-finite training metrics at step {first + i}: {bad}. '
+                                 'Nothing after the last checkpoint was saved.')
+      self._rows.append(row)
+    self._unread = []
+
+  def log(self, step: int) -> None:
+    """Checks, then writes the progress line and the metrics.jsonl row of `step`."""
+    self.check(step)
+    now = time.time()
+    rate = (step - self._step) * self._config.train.batch_size / max(now - self._time, 1e-9)
+    eta = (self._total - step) * (now - self._time) / max(step - self._step, 1)
+    row = {'step': step, 'split': 'train', 'images_per_s': rate}
+    if self._rows:
+      row.update({k: float(np.mean([r[k] for r in self._rows])) for k in self._rows[0]})
+      _log(f'step {step}/{self._total} (epoch {step / self._per_epoch:.1f}) | '
+           f'loss {row["loss"]:.4f} | acc {row["accuracy"]:.3f} | lr {row["lr"]:.2e} | '
+           f'{rate:.1f} img/s | ETA {_format_eta(eta)}')
+    if self._config.train.skip_nonfinite_steps:
+      row['skipped_steps'] = self._skipped
+      if self._skipped:
+        _log(f'step {step}: {self._skipped} update(s) skipped for a non-finite loss or '
+             'gradient since the last line.')
+    _append_jsonl(self._path, row)
+    self._rows, self._skipped, self._time, self._step = [], 0, now, step
+
+  def pause(self) -> None:
+    """Evaluation time is not training throughput."""
+    self._time = time.time()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_after_steps: int | None = None) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
@@ -123,24 +183,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       preemption would; the next call resumes. None: train to the end.
 
   Returns:
-    The final eval metrics ({'accuracy', 'loss', 'count'}) plus 'step'.
+    The final eval metrics ({'accuracy', 'loss', 'count'}) plus 'step' and 'state'.
+
+  Raises:
+    preemption.TrainingStopped: after a SIGTERM or SIGINT, once the checkpoint of the
+      step in progress is saved.
+    NonFiniteLossError: a non-finite loss (see train.skip_nonfinite_steps).
   """
   config_lib.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-
   parallel = ts.Parallel(config.train.parallelism)
   num_devices = len(parallel.devices)
-  if config.train.batch_size % num_devices:
-    raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible '
-                     f'by the device count {num_devices}.')
-  if config.eval.batch_size % num_devices:
-    raise ValueError(f'config.eval.batch_size={config.eval.batch_size} is not divisible '
-                     f'by the device count {num_devices}.')
+  for key in ('train', 'eval'):
+    if config[key].batch_size % num_devices:
+      raise ValueError(f'config.{key}.batch_size={config[key].batch_size} is not divisible '
+                       f'by the device count {num_devices}.')
+  _start_workdir(config, workdir)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
 
   train_source, test_source, num_classes = open_sources(config)
   spec = pipeline.ImageSpec(config.data.image_size, config.data.resize_size)
@@ -166,52 +225,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(state.step)
   state = parallel.replicate(state)
 
-  p_train = parallel.map(functools.partial(ts.train_step, model=model, tx=tx,
-                                           schedule=schedule, rng=step_rng), donate_state=True)
+  p_train = parallel.map(functools.partial(
+      ts.train_step, model=model, tx=tx, schedule=schedule, rng=step_rng,
+      skip_nonfinite=config.train.skip_nonfinite_steps > 0), donate_state=True)
   p_eval = parallel.map(functools.partial(ts.eval_step, model=model))
   _log(f'fgjax: {config.model.name}/{config.model.backbone} on {config.data.name}: '
        f'{len(train_source)} train / {len(test_source)} test images, {num_classes} classes, '
        f'{num_devices} devices, {steps_per_epoch} steps/epoch, {total_steps} steps'
        + (f', resuming at step {start_step}' if start_step else ''))
 
-  pending, last_time, last_step = [], time.time(), start_step
+  progress = _Progress(config, parallel, metrics_path, total_steps, steps_per_epoch,
+                       start_step)
   eval_metrics = None
   end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-  for step in range(start_step + 1, end + 1):
-    state, metrics = p_train(state, parallel.shard_batch(next(train_iter)))
-    pending.append(metrics)
-    if step % config.train.log_every_steps == 0 or step == end:
-      rows = [parallel.to_host(m) for m in pending]
-      mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-      if not all(math.isfinite(v) for v in mean.values()):
-        raise NonFiniteLossError(f'Non-finite training metrics at step {step}: {mean}.')
-      now = time.time()
-      rate = (step - last_step) * config.train.batch_size / max(now - last_time, 1e-9)
-      eta = (total_steps - step) * (now - last_time) / max(step - last_step, 1)
-      _log(f'step {step}/{total_steps} (epoch {step / steps_per_epoch:.1f}) | '
-           f'loss {mean["loss"]:.4f} | acc {mean["accuracy"]:.3f} | lr {mean["lr"]:.2e} | '
-           f'{rate:.1f} img/s | ETA {_format_eta(eta)}')
-      _append_jsonl(metrics_path, {'step': step, 'split': 'train', 'images_per_s': rate,
-                                   **mean})
-      pending, last_time, last_step = [], now, step
-    if step % eval_every == 0 or step == total_steps:
-      eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
-      _log(f'eval at step {step}: accuracy {eval_metrics["accuracy"]:.4f} '
-           f'loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
-           f'{_heads_summary(eval_metrics)}')
-      _append_jsonl(metrics_path, {'step': step, 'split': 'eval', **eval_metrics})
-      ckpt.save_best(step, parallel.to_host(state), eval_metrics['accuracy'])
-      last_time = time.time()  # Evaluation time is not training throughput.
-    if step % config.train.checkpoint_every_steps == 0 or step == end:
-      ckpt.save(step, parallel.to_host(state), train_iter)
-  ckpt.wait()
-  ckpt.close()
+  try:
+    with preemption.StopSignals() as stop:
+      for step in range(start_step + 1, end + 1):
+        state, metrics = p_train(state, parallel.shard_batch(next(train_iter)))
+        progress.add(metrics)
+        stopping = stop.reached(step)
+        evaluating = step % eval_every == 0 or step == total_steps
+        saving = step % config.train.checkpoint_every_steps == 0 or step == end or stopping
+        if step % config.train.log_every_steps == 0 or step == end:
+          progress.log(step)
+        elif evaluating or saving:
+          progress.check(step)  # Never evaluate or save a non-finite state.
+        if evaluating:
+          eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
+          _log(f'eval at step {step}: accuracy {eval_metrics["accuracy"]:.4f} '
+               f'loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
+               f'{_heads_summary(eval_metrics)}')
+          _append_jsonl(metrics_path, {'step': step, 'split': 'eval', **eval_metrics})
+          ckpt.save_best(step, parallel.to_host(state), eval_metrics['accuracy'])
+          progress.pause()
+        if saving:
+          ckpt.save(step, parallel.to_host(state), train_iter)
+        if stopping:
+          _log(f'{stop.signal_name} received: stopped after step {step}.')
+          raise preemption.TrainingStopped(step, stop.signal_name, workdir)
+  finally:  # A save under way completes, also when training stops on an error.
+    ckpt.wait()
+    ckpt.close()
   if eval_metrics is None and end == total_steps:
     eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
   if eval_metrics is not None and end == total_steps:
     _log(f'final test accuracy: {eval_metrics["accuracy"]:.4f} '
          f'({eval_metrics["count"]} images){_heads_summary(eval_metrics)}')
   return {**(eval_metrics or {}), 'step': end, 'state': parallel.to_host(state)}
+
+
+def _start_workdir(config, workdir: str) -> None:
+  """Creates `workdir`, or checks a rerun's config against the config.json it holds.
+
+  A difference in a key that decides the model, the data or the optimisation stops here,
+  before anything is written (config_lib.rerun_differences). Keys that only extend or
+  log may change: config.json is updated and each change appended to
+  config_changes.jsonl. Files are written by process 0, config.json atomically.
+  """
+  path = os.path.join(workdir, 'config.json')
+  allowed = []
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = config_lib.flatten(json.load(f))
+    blocking, allowed = config_lib.rerun_differences(saved, config)
+    if blocking:
+      raise ValueError(config_lib.rerun_error_message(workdir, blocking))
+    if not allowed:
+      return
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    if allowed:
+      _append_jsonl(os.path.join(workdir, 'config_changes.jsonl'), {
+          'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+          'changed': {k: {'saved': old, 'now': new} for k, old, new in allowed}})
+      _log('config changes allowed on a rerun: ' + ', '.join(
+          f'{k} {old!r} -> {new!r}' for k, old, new in allowed))
+    with open(path + '.tmp', 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    os.replace(path + '.tmp', path)
 
 
 def _initial_state(config, ckpt, state, train_iter):

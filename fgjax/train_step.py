@@ -86,8 +86,14 @@ def create_train_state(model, tx, rng, image_size: int) -> TrainState:
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params))
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, rng):
-  """One SGD step on this core's share of the batch; returns (state, metrics)."""
+def train_step(state: TrainState, batch, *, model, tx, schedule, rng,
+               skip_nonfinite: bool = False):
+  """One SGD step on this core's share of the batch; returns (state, metrics).
+
+  With `skip_nonfinite`, a step whose global loss or gradient norm is not finite leaves
+  params, BatchNorm statistics and optimiser state as they were (only the step count
+  moves on, with the data) and reports metrics['skipped'] = 1.
+  """
   images, labels = normalise(batch['image']), batch['label']
   step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
 
@@ -111,6 +117,12 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, rng):
   metrics = lax.pmean(metrics, AXIS)
   metrics['grad_norm'] = optax.tree.norm(grads)  # Before clipping and weight decay.
   metrics['lr'] = schedule(state.step)
+  if skip_nonfinite:
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, batch_stats = keep(params, state.params), keep(batch_stats, state.batch_stats)
+    opt_state = keep(opt_state, state.opt_state)
+    metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, metrics

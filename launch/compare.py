@@ -41,8 +41,13 @@ def main(argv):
     seeds = [int(s) for s in flags.FLAGS.seeds]
   except ValueError as e:
     raise app.UsageError(f'--seeds must be integers, got {flags.FLAGS.seeds}.') from e
-  out = compare.run_comparison(flags.FLAGS.config, flags.FLAGS.methods, seeds,
-                               flags.FLAGS.workdir, _OVERRIDES)
+  from fgjax import preemption  # pylint: disable=g-import-not-at-top
+  try:
+    out = compare.run_comparison(flags.FLAGS.config, flags.FLAGS.methods, seeds,
+                                 flags.FLAGS.workdir, _OVERRIDES)
+  except preemption.TrainingStopped as stopped:  # Saved; rerunning resumes.
+    print(stopped, file=sys.stderr)
+    return
   print(out['table'])
   print(f'Written: {flags.FLAGS.workdir}/comparison.json, comparison.md, comparison.png',
         file=sys.stderr)

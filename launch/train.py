@@ -3,7 +3,9 @@ r"""Trains and evaluates an fgjax model.
   python launch/train.py --config=configs/cub.py --workdir=runs/cub \
       [--config.model.name=fdl] [--config.train.batch_size=32] [--multihost]
 
-Rerunning the same command on the same workdir resumes where it stopped.
+Rerunning the same command on the same workdir resumes where it stopped. SIGTERM (a
+preemption notice) or Ctrl-C: the step in progress finishes, a checkpoint is saved and the
+command exits with status 0; on several hosts all stop at the same step.
 All logic lives in fgjax.train (importable from a notebook).
 """
 
@@ -45,8 +47,13 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=flags.FLAGS.coordinator_address,
                                num_processes=flags.FLAGS.num_processes,
                                process_id=flags.FLAGS.process_id)
+  from fgjax import preemption  # pylint: disable=g-import-not-at-top
   from fgjax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except preemption.TrainingStopped as stopped:  # SIGTERM / SIGINT: saved, exit 0.
+    if jax.process_index() == 0:
+      print(stopped, flush=True)
 
 
 if __name__ == '__main__':

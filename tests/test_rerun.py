@@ -190,3 +190,22 @@ def test_another_worker_count_cannot_restore_the_saved_iterator_state():
     workers.set_state(direct.get_state())
   with pytest.raises(KeyError):
     make(0).set_state(workers.get_state())
+
+
+def test_training_stops_on_another_config_before_writing_and_records_allowed_changes(
+    tiny_config, tmp_path):
+  from fgjax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config, str(workdir), stop_after_steps=2)
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  tiny_config.data.image_size = 34
+  with pytest.raises(ValueError, match=r'config\.data\.image_size: saved 32, now 34'):
+    train.train_and_evaluate(tiny_config, str(workdir))
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+  tiny_config.data.image_size = 32
+  tiny_config.train.epochs = 3
+  result = train.train_and_evaluate(tiny_config, str(workdir), stop_after_steps=3)
+  assert result['step'] == 3
+  assert json.loads((workdir / 'config.json').read_text())['train']['epochs'] == 3
+  changes = [json.loads(l) for l in (workdir / 'config_changes.jsonl').read_text().splitlines()]
+  assert [c['changed'] for c in changes] == [{'train.epochs': {'saved': 2, 'now': 3}}]
