@@ -17,6 +17,12 @@ first (`grid=(gh, gw)`; nothing happens where it already has that shape, e.g. at
 
 The navigator reads a gradient-stopped feature map: it learns only from the ranking loss,
 and the ranking loss does not reach the backbone.
+
+Precision: with a bfloat16 `dtype` the 3x3 convolutions run in bfloat16 and the 1x1 heads
+in float32 (float32 weights and inputs, float32 accumulation). NMS orders anchors by exact
+score and the ranking loss compares them; with heads in bfloat16 the 1614 anchors of an image
+at 448 had about 930 distinct scores (resnet_tiny), so the tie order, not the navigator,
+chose between equal ones.
 """
 
 from typing import Any, Sequence
@@ -35,7 +41,8 @@ class Navigator(nn.Module):
   Attributes:
     levels: anchor levels; one stride-2 step per level after the first.
     width: channels of the 3x3 convolutions (128 in NTS-Net).
-    dtype: computation dtype of the convolutions; scores come back float32.
+    dtype: computation dtype of the 3x3 convolutions; the 1x1 scoring heads compute in
+      float32 (module docstring), so the scores are float32 values, not rounded ones.
     grid: (gh, gw) of the first level; the feature map is resized to it. None keeps the
       map's own grid (the 'feature' anchor grid).
   """
@@ -55,7 +62,9 @@ class Navigator(nn.Module):
       x = nn.Conv(self.width, (3, 3), strides=1 if level == 0 else 2,
                   padding=((1, 1), (1, 1)), dtype=self.dtype, name=f'down{level + 1}')(x)
       x = nn.relu(x)
-      score = nn.Conv(spec.boxes_per_cell, (1, 1), dtype=self.dtype,
-                      name=f'tidy{level + 1}')(x)
-      maps.append(score.astype(jnp.float32))
+      # The scoring head runs in float32 even in a bfloat16 model: NMS and the ranking
+      # loss order these scores, and bfloat16's 8-bit mantissa ties many of them.
+      score = nn.Conv(spec.boxes_per_cell, (1, 1), dtype=jnp.float32,
+                      name=f'tidy{level + 1}')(x.astype(jnp.float32))
+      maps.append(score)
     return anchors_lib.flatten_level_scores(maps)

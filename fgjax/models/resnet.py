@@ -44,7 +44,8 @@ class BatchNorm(nn.Module):
   Training: normalise with the batch's mean and biased variance (E[x^2] - E[x]^2,
   averaged over `axis_name` when given) and move the domain's running averages
   towards them with `momentum`; evaluation: normalise with the domain's running
-  averages. Statistics are float32 whatever the computation dtype.
+  averages. Statistics, scale, bias and the affine map are float32 whatever the
+  computation dtype; only the output is cast to `dtype`.
   """
   use_running_average: bool
   axis_name: Any = None
@@ -81,7 +82,9 @@ class BatchNorm(nn.Module):
         running_mean.value = update(running_mean.value, mean)
         running_var.value = update(running_var.value, var)
     mul = scale * lax.rsqrt(var + self.epsilon)
-    return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
+    # The affine map runs in float32 and rounds once: the gradients of scale and bias are
+    # then sums over the batch accumulated in float32, not in the computation dtype.
+    return (x.astype(jnp.float32) * mul + (bias - mean * mul)).astype(self.dtype)
 
 
 class BasicBlock(nn.Module):

@@ -35,7 +35,7 @@ Loss per example: global CE + fused CE + sum over FPLs of (ranking + mean part C
 has no other image in the batch).
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -50,18 +50,23 @@ STAGE_STRIDES = {'stage1': 4, 'stage2': 8, 'stage3': 16, 'stage4': 32}
 
 class CoarseParts(nn.Module):
   """One CPL: G spatial-softmax part attentions over a stage map, pooled part features
-  and their contrastive descriptor (module docstring, step 2)."""
+  and their contrastive descriptor (module docstring, step 2).
+
+  Everything here computes in float32 whatever the model's dtype: the attention is the
+  prior that orders its FPL's anchors before NMS (attention logits rounded to bfloat16
+  tie positions), and the descriptors feed the contrastive softmax. The layers are small
+  (a 1x1 convolution to G channels, a Dense on G pooled vectors).
+  """
   num_parts: int
   embed_width: int
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, fmap):
     batch, h, w, n = fmap.shape
-    logits = nn.Conv(self.num_parts, (1, 1), dtype=self.dtype, name='attention')(fmap)
-    attention = jax.nn.softmax(logits.astype(jnp.float32).reshape(batch, h * w, -1), axis=1)
-    parts = jnp.einsum('bsg,bsn->bgn', attention,
-                       fmap.astype(jnp.float32).reshape(batch, h * w, n))      # [B, G, n]
+    fmap = fmap.astype(jnp.float32)
+    logits = nn.Conv(self.num_parts, (1, 1), dtype=jnp.float32, name='attention')(fmap)
+    attention = jax.nn.softmax(logits.reshape(batch, h * w, -1), axis=1)
+    parts = jnp.einsum('bsg,bsn->bgn', attention, fmap.reshape(batch, h * w, n))  # [B, G, n]
     embedded = nn.Dense(self.embed_width, dtype=jnp.float32, name='embed')(parts)
     embedded = embedded / jnp.maximum(jnp.linalg.norm(embedded, axis=-1, keepdims=True), 1e-12)
     descriptor = embedded.reshape(batch, -1)
@@ -128,7 +133,7 @@ class SCRIM(regions.NavigatedModel):
     features = backbone(images, train)
     outputs, coarse = {}, []
     for stage in stages:
-      attention, parts, descriptor = CoarseParts(self.cpl_parts, self.embed_width, self.dtype,
+      attention, parts, descriptor = CoarseParts(self.cpl_parts, self.embed_width,
                                                  name=f'cpl_{stage}')(features[stage])
       outputs[f'cpl_{stage}_attention'] = attention
       outputs[f'cpl_{stage}_descriptor'] = descriptor

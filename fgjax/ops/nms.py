@@ -15,7 +15,10 @@ O(max_outputs * N) and it stays on the device (`lax.fori_loop`, no host round tr
 
 Our reading of the cases the reference leaves open:
 - Ties: boxes with equal scores are visited in increasing index order (a stable sort on
-  the negated scores).
+  the negated scores). Scores must be float32 or wider: a score rounded to bfloat16 or
+  float16 ties with many others (about 930 distinct values among NTS-Net's 1614 anchors
+  at bfloat16), so the tie order, not the model, would choose the boxes; such scores are
+  refused at trace time (compute the scoring layer in float32).
 - Fewer than `max_outputs` survivors: the remaining slots take the boxes that were
   suppressed, in the same visiting order (highest score first), and are marked
   `valid = False`; if there are fewer than `max_outputs` boxes at all, the leftover slots
@@ -41,13 +44,21 @@ def box_iou(box: jnp.ndarray, boxes: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1), 0.0)
 
 
+def check_score_precision(scores: jnp.ndarray) -> None:
+  """Raises for floating scores narrower than float32 (module docstring, ties)."""
+  dtype = jnp.dtype(scores.dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    raise ValueError(f'NMS needs float32 scores, got {dtype}: low-precision scores tie, and '
+                     'the tie order would pick the boxes. Compute the scoring layer in float32.')
+
+
 def greedy_nms(boxes: jnp.ndarray, scores: jnp.ndarray, max_outputs: int,
                iou_threshold: float) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Greedy hard NMS of one image, fixed output size.
 
   Args:
     boxes: [N, 4] (y0, x0, y1, x1).
-    scores: [N]; higher is better.
+    scores: [N] float32 (or wider); higher is better.
     max_outputs: m, the number of indices returned.
     iou_threshold: a box is suppressed by a kept box when their IoU is >= this.
 
@@ -55,6 +66,7 @@ def greedy_nms(boxes: jnp.ndarray, scores: jnp.ndarray, max_outputs: int,
     indices: int32 [m] into `boxes`, kept boxes first in the order they were kept.
     valid: bool [m], True for boxes kept by NMS, False for fill-ins (see module docstring).
   """
+  check_score_precision(scores)
   num_boxes = boxes.shape[0]
   order = jnp.argsort(-lax.stop_gradient(scores), stable=True)
   sorted_boxes = boxes[order]
