@@ -67,27 +67,18 @@ def method_config(config_path: str, method: str, seed: int, overrides=()):
   return config
 
 
-def _flat_json(config) -> dict:
-  """Dotted key -> value, through JSON (tuples become lists, as in a stored config.json)."""
-  return config_lib.flatten(json.loads(config.to_json_best_effort()))
-
-
 def config_differences(config, run_dir: str) -> list[str]:
-  """'key: stored X, requested Y' for each key deciding this run that differs from the
-  config stored in `run_dir` (none when it holds no config.json yet). Keys of the other
-  methods' sections (model.<other>.*) and the shared model.regions keys this method's
-  model does not have do not decide the run and are left out."""
-  from fgjax import inference  # pylint: disable=g-import-not-at-top
-  from fgjax import models  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(os.path.join(run_dir, 'config.json')):
+  """'key: stored X, requested Y' for each key of this run that differs from the config
+  stored in `run_dir` (none when it holds no config.json yet): the differences a rerun of
+  training refuses and those it allows (config_lib.rerun_differences), since a finished
+  run's result.json is only reused for the very same config."""
+  path = os.path.join(run_dir, 'config.json')
+  if not os.path.exists(path):
     return []
-  stored, wanted = _flat_json(inference.load_config(run_dir)), _flat_json(config)
-  others = tuple(f'model.{m}.' for m in config_lib.METHODS if m != config.model.name)
-  used = {f'model.regions.{k}' for k in models.model_settings(config.model)}
-  unused = {k for k in wanted if k.startswith('model.regions.') and k not in used}
-  return [f'{k}: stored {stored.get(k)!r}, requested {wanted.get(k)!r}'
-          for k in sorted(set(stored) | set(wanted))
-          if not k.startswith(others) and k not in unused and stored.get(k) != wanted.get(k)]
+  with open(path) as f:
+    saved = config_lib.flatten(json.load(f))
+  blocking, allowed = config_lib.rerun_differences(saved, config)
+  return [f'{k}: stored {old!r}, requested {new!r}' for k, old, new in sorted(blocking + allowed)]
 
 
 def _train_seconds(metrics_path: str, batch_size: int) -> tuple[float, float]:

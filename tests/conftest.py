@@ -39,3 +39,10 @@ def tiny_config(demo_data_dir):
   c.train.checkpoint_every_steps = 3
   c.eval.batch_size = 16
   return c
+
+
+@pytest.fixture
+def fakes(tmp_path):
+  """Fake gcloud, git, srun, sbatch, ... first on PATH, logging their calls (fake_cli)."""
+  import fake_cli  # pylint: disable=g-import-not-at-top
+  return fake_cli.Fakes(tmp_path)
