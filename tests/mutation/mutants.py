@@ -269,7 +269,7 @@ MUTANTS = [
            'jnp.where(finite, n, o)',
            'n',
            ['tests/test_nonfinite.py']),
-    Mutant('unreadable_not_moved', 'an unreadable checkpoint is skipped but left where orbax sees it',
+    Mutant('unreadable_not_moved', 'an unreadable checkpoint is skipped, left where orbax sees it',
            'fgjax/checkpoint.py',
            '        self._move_aside(failures, restored_step=candidate)',
            '        pass',
