@@ -115,7 +115,10 @@ def run_one(config, run_dir: str, log=print) -> dict:
             if isinstance(v, (int, float)) and k != 'step'}
   if config.model.name in config_lib.REGION_METHODS:
     run = inference.load_run(run_dir, 'latest')
-    result.update(localization.localization(run, split=config.data.eval_split))
+    try:
+      result.update(localization.localization(run, split=config.data.eval_split))
+    except localization.NoBoxesError:
+      pass  # An ablation without regions: accuracy only.
   result['train_seconds'], result['images_per_s'] = _train_seconds(
       os.path.join(run_dir, 'metrics.jsonl'), config.train.batch_size)
   result['wall_seconds_last_call'] = time.time() - start

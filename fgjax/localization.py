@@ -91,6 +91,10 @@ def candidate_boxes(config) -> np.ndarray:
   return boxes
 
 
+class NoBoxesError(ValueError):
+  """The model (a region method with its regions switched off) returns no boxes."""
+
+
 def localization(run: inference.Run, split: str = 'test', inside: float = 0.9) -> dict:
   """`box_metrics` of a loaded region model on `split`, plus 'ceiling'."""
   method = run.config.model.name
@@ -102,6 +106,9 @@ def localization(run: inference.Run, split: str = 'test', inside: float = 0.9) -
                      for e in encoded])
   details = to_model_input(details, run.spec)
   _, boxes = run.predict(images)
+  if boxes is None:
+    raise NoBoxesError(f'This {method} model returns no boxes (an ablation without regions, '
+                       'e.g. fdl.image_level_only or scrim.use_fpl=False): nothing to localize.')
   out = box_metrics(boxes, details, run.config.model.regions.cat_num, inside)
   candidates = candidate_boxes(run.config)
   every = detail_hits(np.broadcast_to(candidates, (len(details),) + candidates.shape), details,

@@ -245,3 +245,12 @@ def test_region_model_starts_from_another_runs_backbone(trained_run, tmp_path):
   config.model.pretrained_path = str(tmp_path / 'missing')
   with pytest.raises(FileNotFoundError, match='pretrained_path=.*missing'):
     train._initial_state(config, checkpoint.Checkpointer(str(tmp_path / 'w'), 1), fresh, None)
+
+
+def test_localizing_a_model_without_boxes_is_a_clear_error(trained_run, monkeypatch):
+  """A region method with its regions switched off (fdl.image_level_only, scrim.use_fpl=False)
+  predicts no boxes: localization says so (compare then reports accuracy only)."""
+  run = inference.load_run(trained_run[0], 'best')
+  monkeypatch.setattr(inference.Run, 'predict', lambda self, images: (None, None))
+  with pytest.raises(localization.NoBoxesError, match='returns no boxes'):
+    localization.localization(run)
