@@ -75,6 +75,8 @@ _CHOICES = {
     'model.ssanet.map_alignment': ('receptive_field', 'top_left'),
     'train.parallelism': ('pmap', 'shard_map'),
 }
+
+
 def _config(values: dict):
   """base_config() with {dotted key: value} set."""
   config = config_lib.base_config()
