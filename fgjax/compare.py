@@ -72,11 +72,9 @@ def config_differences(config, run_dir: str) -> list[str]:
   stored in `run_dir` (none when it holds no config.json yet): the differences a rerun of
   training refuses and those it allows (config_lib.rerun_differences), since a finished
   run's result.json is only reused for the very same config."""
-  path = os.path.join(run_dir, 'config.json')
-  if not os.path.exists(path):
+  saved = config_lib.read_saved(run_dir)
+  if saved is None:
     return []
-  with open(path) as f:
-    saved = config_lib.flatten(json.load(f))
   blocking, allowed = config_lib.rerun_differences(saved, config)
   return [f'{k}: stored {old!r}, requested {new!r}' for k, old, new in sorted(blocking + allowed)]
 

@@ -10,6 +10,7 @@ tells what a rerun in a workdir may change of the config saved there.
 
 import difflib
 import json
+import os
 import shlex
 
 import ml_collections
@@ -310,11 +311,20 @@ def _as_config_value(value):
   return tuple(_as_config_value(v) for v in value) if isinstance(value, list) else value
 
 
+def read_saved(workdir: str) -> dict | None:
+  """A workdir's config.json, flattened as saved (older key names kept); None without one."""
+  path = os.path.join(os.path.expanduser(workdir), 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return flatten(json.load(f))
+
+
 def rerun_differences(saved_flat: dict, config: ml_collections.ConfigDict):
   """(blocking, allowed): how `config` differs from the config saved in a workdir.
 
   Args:
-    saved_flat: the workdir's config.json, flattened (`flatten(json.load(f))`). An older
+    saved_flat: the workdir's config.json, flattened (`read_saved`). An older
       fgjax's moved keys are renamed (`upgrade`), and a key it lacks counts as its
       default (a key is added with the default that keeps the older behaviour).
     config: the rerun's (validated) config.

@@ -10,7 +10,6 @@ so a notebook can do:
 import dataclasses
 import functools
 import glob
-import json
 import os
 
 import jax
@@ -32,14 +31,13 @@ REGION_COLOURS = ['#ff0000', '#00c000', '#0060ff', '#ffd000', '#ff00ff', '#00e0e
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (its workdir's config.json), validated."""
-  path = os.path.join(os.path.expanduser(workdir), 'config.json')
-  if not os.path.exists(path):
+  saved = config_lib.read_saved(workdir)
+  if saved is None:
+    path = os.path.join(os.path.expanduser(workdir), 'config.json')
     raise FileNotFoundError(f'{path} not found: is {workdir} a fgjax workdir?')
-  with open(path) as f:
-    values = json.load(f)
   config = config_lib.base_config()
   config.unlock()  # Older runs' moved keys are read under their new names.
-  config.update_from_flattened_dict(config_lib.upgrade(config_lib.flatten(values)))
+  config.update_from_flattened_dict(config_lib.upgrade(saved))
   config.lock()
   config_lib.validate(config)
   return config

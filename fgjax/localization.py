@@ -24,7 +24,6 @@ from fgjax import inference
 from fgjax.data import pipeline
 
 
-
 def detail_hits(boxes, details, inside: float = 0.9) -> np.ndarray:
   """bool [N, m]: at least `inside` of detail n's area lies in box (n, r).
 

@@ -29,9 +29,8 @@ class TrainingStopped(Exception):
 
 
 def _sync_manager_active() -> bool:
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  state = distributed.global_state
-  return state.client is not None and state.preemption_sync_manager is not None
+  """Whether jax.distributed.initialize() started JAX's preemption sync manager."""
+  return jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
 
 
 class StopSignals:

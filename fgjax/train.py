@@ -284,9 +284,8 @@ def _start_workdir(config, workdir: str) -> None:
   """
   path = os.path.join(workdir, 'config.json')
   allowed = []
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = config_lib.flatten(json.load(f))
+  saved = config_lib.read_saved(workdir)
+  if saved is not None:
     blocking, allowed = config_lib.rerun_differences(saved, config)
     if blocking:
       raise ValueError(config_lib.rerun_error_message(workdir, blocking))
