@@ -211,7 +211,7 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
 
 
 CHOICES = {
-    'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars'),
+    'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars', 'nabirds', 'dogs'),
     'data.sampler': ('random', 'class_balanced'),
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),

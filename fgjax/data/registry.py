@@ -18,6 +18,8 @@ BUILDERS = {
     'cub': ('fgjax.data.cub', 'Cub2011'),
     'aircraft': ('fgjax.data.aircraft', 'FgvcAircraft'),
     'cars': ('fgjax.data.cars', 'StanfordCars'),
+    'nabirds': ('fgjax.data.nabirds', 'NABirds'),
+    'dogs': ('fgjax.data.dogs', 'StanfordDogs'),
 }
 
 
