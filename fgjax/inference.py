@@ -15,19 +15,14 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import PIL.Image
-import PIL.ImageDraw
 
 from fgjax import checkpoint
 from fgjax import config_lib
+from fgjax import drawing
 from fgjax import train
 from fgjax import train_step as ts
 from fgjax.data import pipeline
 from fgjax.data import registry
-
-# Colours of the top-1.. regions, as in FDL's figure 2 (red, green, blue, yellow, ...).
-REGION_COLOURS = ['#ff0000', '#00c000', '#0060ff', '#ffd000', '#ff00ff', '#00e0e0']
-
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (its workdir's config.json), validated."""
@@ -118,19 +113,6 @@ def load_images(paths, spec: pipeline.ImageSpec) -> np.ndarray:
   return np.stack(out)
 
 
-def draw_regions(image_uint8: np.ndarray, boxes, caption: str, scale: int = 2) -> PIL.Image.Image:
-  """The model input with its regions (y0, x0, y1, x1 pixels) outlined, top-1 first."""
-  img = PIL.Image.fromarray(image_uint8).resize(
-      (image_uint8.shape[1] * scale, image_uint8.shape[0] * scale), PIL.Image.NEAREST)
-  draw = PIL.ImageDraw.Draw(img)
-  for i, (y0, x0, y1, x1) in enumerate([] if boxes is None else boxes):
-    draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale],
-                   outline=REGION_COLOURS[i % len(REGION_COLOURS)], width=2)
-  draw.rectangle([0, 0, img.size[0], 12], fill='black')
-  draw.text((2, 0), caption, fill='white')
-  return img
-
-
 def expand_paths(spec: str) -> list[str]:
   """Comma-separated paths/globs -> sorted files; a pattern with no match is an error."""
   paths = []
@@ -166,7 +148,7 @@ def _save_drawings(run: Run, images, names, out_dir: str, labels=None) -> list[s
     if labels is not None:
       caption += f' (true: {run.class_names[labels[i]]})'
     path = os.path.join(out_dir, f'{i:04d}_{os.path.splitext(os.path.basename(name))[0]}.png')
-    draw_regions(images[i], None if boxes is None else boxes[i], caption).save(path)
+    drawing.draw_regions(images[i], None if boxes is None else boxes[i], caption).save(path)
     written.append(path)
   return written
 

@@ -14,6 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from fgjax import drawing
 from fgjax import inference
 from fgjax import localization
 from fgjax import train
@@ -126,7 +127,7 @@ def test_predict_files_and_visualize(trained_run, tmp_path, size):
   assert len(written) == len(paths)
   for path, image, boxes in zip(written, inputs, out['boxes']):
     # Below the caption bar: this image, twice the size, with this image's boxes.
-    want = np.asarray(inference.draw_regions(image, boxes, ''))
+    want = np.asarray(drawing.draw_regions(image, boxes, ''))
     with PIL.Image.open(path) as drawn:
       np.testing.assert_array_equal(np.asarray(drawn.convert('RGB'))[13:], want[13:])
   assert len(inference.visualize_eval_split(run, 2, str(tmp_path / 'viz2'))) == 2
