@@ -131,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.skip_nonfinite_steps = 0
   c.train.parallelism = 'pmap'  # 'pmap' or 'shard_map' (jit over a device mesh).
   c.train.log_every_steps = 50  # Progress line and metrics.jsonl row every this many steps.
+  c.train.tensorboard = True  # TensorBoard scalars and region pictures in <workdir>/tensorboard/.
   c.train.eval_every_epochs = 10  # Evaluate every this many epochs (and at the end).
   c.train.checkpoint_every_steps = 1000  # Save every this many steps (and at the end).
   c.train.keep_checkpoints = 2  # Keep the last k checkpoints (the best one is kept apart).
@@ -283,6 +284,7 @@ RERUN_MAY_CHANGE = (
     'train.epochs',  # The lr of the steps taken does not depend on it (train_step.lr_schedule).
     'train.eval_every_epochs',
     'train.log_every_steps',
+    'train.tensorboard',
     'train.checkpoint_every_steps',
     'train.keep_checkpoints',
     'train.skip_nonfinite_steps',

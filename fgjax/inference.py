@@ -1,4 +1,6 @@
-"""Load a trained run and use it: evaluate, predict files, draw the mined regions.
+"""Load a trained run and use it: predict files, draw the mined regions.
+
+(Evaluating a run over a whole split: fgjax.evaluation.)
 
 Everything here works from a run's workdir alone (config.json + checkpoints),
 so a notebook can do:
@@ -10,15 +12,19 @@ so a notebook can do:
 import dataclasses
 import functools
 import glob
+import io
 import os
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
+import PIL.Image
 
 from fgjax import checkpoint
 from fgjax import config_lib
 from fgjax import drawing
+from fgjax import heatmaps
 from fgjax import train
 from fgjax import train_step as ts
 from fgjax.data import pipeline
@@ -55,15 +61,26 @@ class Run:
   def _predict_fn(self):
     return jax.jit(functools.partial(ts.predict_step, model=self.model))
 
+  @functools.cached_property
+  def _predict_maps_fn(self):
+    return jax.jit(functools.partial(ts.predict_step, model=self.model, with_maps=True))
+
+  def predict_outputs(self, images_uint8: np.ndarray, batch_size: int = 32,
+                      with_maps: bool = False) -> dict:
+    """uint8 [N, S, S, 3] (N >= 1) -> train_step.predict_step's outputs as NumPy, on one
+    device: 'probs' [N, C]; for region models 'boxes' [N, m, 4] (y0, x0, y1, x1, model-input
+    pixels) and 'box_valid' [N, m]; with `with_maps` the 'maps' (fgjax.heatmaps)."""
+    if not len(images_uint8):
+      raise ValueError('No images to predict.')
+    fn = self._predict_maps_fn if with_maps else self._predict_fn
+    parts = [jax.device_get(fn(self.state, {'image': images_uint8[i:i + batch_size]}))
+             for i in range(0, len(images_uint8), batch_size)]
+    return jax.tree.map(lambda *chunks: np.concatenate(chunks), *parts)
+
   def predict(self, images_uint8: np.ndarray, batch_size: int = 32):
     """uint8 [N, S, S, 3] -> (probs [N, C], boxes [N, m, 4] or None), on one device."""
-    probs, boxes = [], []
-    for i in range(0, len(images_uint8), batch_size):
-      out = jax.device_get(self._predict_fn(self.state, {'image': images_uint8[i:i + batch_size]}))
-      probs.append(out['probs'])
-      if 'boxes' in out:
-        boxes.append(out['boxes'])
-    return np.concatenate(probs), (np.concatenate(boxes) if boxes else None)
+    out = self.predict_outputs(images_uint8, batch_size)
+    return out['probs'], out.get('boxes')
 
 
 def load_run(workdir: str, which: str = 'best') -> Run:
@@ -99,18 +116,110 @@ def with_navigator_guide(run: Run, guide: str) -> Run:
   return dataclasses.replace(run, config=config, model=run.model.clone(navigator_guide=guide))
 
 
-def load_images(paths, spec: pipeline.ImageSpec) -> np.ndarray:
-  """Image files -> uint8 [N, S, S, 3], preprocessed exactly as evaluation does."""
-  transform = pipeline.eval_transform(spec)
-  out = []
-  for path in paths:
+@dataclasses.dataclass
+class LoadedImages:
+  """Image files decoded as evaluation decodes them, and the files that could not be."""
+  images: np.ndarray  # uint8 [N, S, S, 3]: the readable files, in the order given.
+  paths: list[str]  # [N] their paths.
+  positions: list[int]  # [N] their indices in the list of paths given.
+  original_hw: np.ndarray  # int [N, 2]: each image's (height, width) in pixels.
+  span_hw: np.ndarray  # float [N, 2]: the part of it evaluation resizes (original_extent).
+  skipped: list[tuple[str, str]]  # (path, why) of each file that could not be read.
+
+
+def original_extent(data: bytes, resize_size: int, crop_bottom: int = 0):
+  """(size (H, W), span (H, W)) of an encoded image: its size in pixels, and the extent, in
+  its pixels from the top-left corner, that evaluation resizes to `resize_size` square
+  (pipeline.decode_resize_crop): the image less its `crop_bottom` banner rows. A JPEG over
+  twice `resize_size` is decoded at 1/2, 1/4 or 1/8 scale (PIL's draft, as the pipeline
+  does), and its last decoded column and row cover up to scale - 1 pixels past the image:
+  the span is then the decoded size times the scale."""
+  with PIL.Image.open(io.BytesIO(data)) as img:
+    width, height = img.size
+    drafted = img.draft('RGB', (resize_size, resize_size + crop_bottom))
+    scale = 1 if drafted is None else round(width / drafted[1][2])
+    decoded_w, decoded_h = img.size
+  rows = int(round(crop_bottom * decoded_h / height)) if crop_bottom else 0
+  return (height, width), ((decoded_h - rows) * scale, decoded_w * scale)
+
+
+def _read_image(path: str, transform, resize_size: int):
+  """(model input uint8 [S, S, 3], size (H, W), span (H, W)); ValueError saying why not."""
+  try:
     with open(path, 'rb') as f:
       data = f.read()
+  except OSError as e:
+    raise ValueError(f'cannot read the file ({type(e).__name__}: {e.strerror or e})') from e
+  try:
+    image = transform({'image': data, 'label': 0, 'crop_bottom': 0})['image']
+    size, span = original_extent(data, resize_size)
+  except Exception as e:  # PIL raises many types for broken files.
+    raise ValueError(f'cannot decode the image ({type(e).__name__}: {e})') from e
+  return image, size, span
+
+
+def read_images(paths, spec: pipeline.ImageSpec) -> LoadedImages:
+  """Image files -> LoadedImages, preprocessed exactly as evaluation does; an unreadable,
+  truncated or non-image file is left out and listed in `skipped` with the reason."""
+  transform = pipeline.eval_transform(spec)
+  images, kept, positions, sizes, spans, skipped = [], [], [], [], [], []
+  for position, path in enumerate(paths):
     try:
-      out.append(transform({'image': data, 'label': 0, 'crop_bottom': 0})['image'])
-    except Exception as e:  # PIL raises many types for broken files.
-      raise ValueError(f'{path}: cannot decode image ({type(e).__name__}: {e}).') from e
-  return np.stack(out)
+      image, size, span = _read_image(path, transform, spec.resize_size)
+    except ValueError as e:
+      skipped.append((path, str(e)))
+      continue
+    images.append(image)
+    kept.append(path)
+    positions.append(position)
+    sizes.append(size)
+    spans.append(span)
+  empty = np.zeros((0, spec.image_size, spec.image_size, 3), np.uint8)
+  return LoadedImages(np.stack(images) if images else empty, kept, positions,
+                      np.array(sizes, np.int64).reshape(-1, 2),
+                      np.array(spans, np.float64).reshape(-1, 2), skipped)
+
+
+def load_images(paths, spec: pipeline.ImageSpec) -> np.ndarray:
+  """Image files -> uint8 [N, S, S, 3], preprocessed exactly as evaluation does; a file
+  that cannot be read is an error naming it (read_images skips such files instead)."""
+  loaded = read_images(paths, spec)
+  if loaded.skipped:
+    path, why = loaded.skipped[0]
+    raise ValueError(f'{path}: {why}.')
+  return loaded.images
+
+
+def boxes_to_original(boxes, spec: pipeline.ImageSpec, span_hw, original_hw=None) -> np.ndarray:
+  """Regions in model-input pixels -> the same regions in the original image's pixels.
+
+  Evaluation resizes the image's span (original_extent) to resize_size square, then keeps
+  the centre image_size square, from o = (resize_size - image_size) // 2
+  (pipeline.eval_transform). Both are linear in continuous pixel coordinates (pixel p
+  spans [p, p + 1), as boxes and crops read them), so model-input coordinate u lies at
+
+      y = (o + u) * span_h / resize_size,   x = (o + u) * span_w / resize_size
+
+  in the original. Boxes are first clipped to the model input [0, image_size], since past
+  it the model saw zero padding, not the image (region boxes may reach up to the padding
+  into it, fgjax.ops.crop.zoom_into_regions), then mapped, then clipped to the image.
+
+  Args:
+    boxes: [..., 4] (y0, x0, y1, x1) in model-input pixels.
+    spec: the run's ImageSpec.
+    span_hw: (H, W) span of the image (original_extent).
+    original_hw: (H, W) of the image to clip to; None for the span.
+
+  Returns:
+    float64 [..., 4] (x0, y0, x1, y1): x first, in original pixels.
+  """
+  boxes = np.clip(np.asarray(boxes, np.float64), 0.0, spec.image_size)
+  offset = (spec.resize_size - spec.image_size) // 2
+  span_h, span_w = (float(v) for v in span_hw)
+  height, width = (float(v) for v in (span_hw if original_hw is None else original_hw))
+  y = np.clip((offset + boxes[..., 0::2]) * span_h / spec.resize_size, 0.0, height)
+  x = np.clip((offset + boxes[..., 1::2]) * span_w / spec.resize_size, 0.0, width)
+  return np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
 
 
 def expand_paths(spec: str) -> list[str]:
@@ -124,38 +233,97 @@ def expand_paths(spec: str) -> list[str]:
   return paths
 
 
+def _prediction_row(run: Run, path: str, out: dict, i: int, top_k: int, size, span) -> dict:
+  """predict_files' row for image i of the outputs `out` of Run.predict_outputs."""
+  probs = out['probs'][i]
+  order = np.argsort(-probs)[:top_k]
+  row = {'file': path,
+         'top_k': [{'class': int(c), 'name': run.class_names[c], 'prob': float(probs[c])}
+                   for c in order],
+         'original_size_hw': [int(v) for v in size], 'input_size': run.spec.image_size}
+  if 'boxes' in out:
+    boxes = np.asarray(out['boxes'][i], np.float64)
+    row['regions_input_yxyx'] = boxes.round(1).tolist()
+    row['regions_original_xyxy'] = boxes_to_original(boxes, run.spec, span, size).round(1).tolist()
+  if 'box_valid' in out:
+    row['regions_valid'] = [bool(v) for v in out['box_valid'][i]]
+  return row
+
+
+def iter_predictions(run: Run, paths, top_k: int = 5, batch_size: int = 32):
+  """Yields predict_files' rows one per path, in order, reading `batch_size` files at a
+  time (memory stays bounded, and rows come out as the files are done)."""
+  paths = list(paths)
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    loaded = read_images(chunk, run.spec)
+    rows = [None] * len(chunk)
+    failed = sorted(set(range(len(chunk))) - set(loaded.positions))
+    for position, (path, why) in zip(failed, loaded.skipped):
+      rows[position] = {'file': path, 'error': why}
+    if loaded.paths:
+      out = run.predict_outputs(loaded.images, batch_size)
+      for i, (position, path) in enumerate(zip(loaded.positions, loaded.paths)):
+        rows[position] = _prediction_row(run, path, out, i, top_k, loaded.original_hw[i],
+                                         loaded.span_hw[i])
+    yield from rows
+
+
 def predict_files(run: Run, paths, top_k: int = 5) -> list[dict]:
-  """One dict per file: top-k {'class', 'name', 'prob'} and the regions, if any."""
-  probs, boxes = run.predict(load_images(paths, run.spec))
-  rows = []
-  for i, path in enumerate(paths):
-    order = np.argsort(-probs[i])[:top_k]
-    row = {'file': path, 'top_k': [{'class': int(c), 'name': run.class_names[c],
-                                    'prob': float(probs[i, c])} for c in order]}
-    if boxes is not None:
-      row['regions'] = np.asarray(boxes[i]).round(1).tolist()
-    rows.append(row)
-  return rows
+  """One dict per file, in order. A readable image's: 'file', 'top_k' (top-k {'class',
+  'name', 'prob'}), 'original_size_hw' [H, W], 'input_size' S and, for region models,
+  'regions_input_yxyx' [m, 4] (y0, x0, y1, x1 in model-input pixels, as the model chose
+  them: they may reach into the zero padding), 'regions_original_xyxy' [m, 4] (x0, y0, x1,
+  y1 in the image's pixels, clipped: boxes_to_original) and 'regions_valid' [m]. A file
+  that could not be read: {'file', 'error'} (the reason); the others are still predicted.
+  """
+  return list(iter_predictions(run, paths, top_k))
 
 
-def _save_drawings(run: Run, images, names, out_dir: str, labels=None) -> list[str]:
-  os.makedirs(out_dir, exist_ok=True)
-  probs, boxes = run.predict(images)
-  written = []
-  for i, name in enumerate(names):
-    top = int(np.argmax(probs[i]))
-    caption = f'{run.class_names[top]} {probs[i, top]:.2f}'
+def draw_figures(run: Run, images: np.ndarray, labels=None) -> list:
+  """PIL figures of model inputs uint8 [N, S, S, 3]: the input with the predicted class and
+  the regions, beside the maps the model ranks regions by and SSANet's choices
+  (drawing.draw_ranking_figure, fgjax.heatmaps); `labels` [N] adds the true class."""
+  out = run.predict_outputs(images, with_maps=True)
+  figures = []
+  for i, image in enumerate(images):
+    top = int(np.argmax(out['probs'][i]))
+    caption = f'{run.class_names[top]} {out["probs"][i, top]:.2f}'
     if labels is not None:
       caption += f' (true: {run.class_names[labels[i]]})'
-    path = os.path.join(out_dir, f'{i:04d}_{os.path.splitext(os.path.basename(name))[0]}.png')
-    drawing.draw_regions(images[i], None if boxes is None else boxes[i], caption).save(path)
+    maps = {k: v[i] for k, v in out['maps'].items()}
+    figures.append(drawing.draw_ranking_figure(
+        image, out['boxes'][i] if 'boxes' in out else None,
+        heatmaps.ranking_heatmaps(run.model, maps, image.shape[:2]),
+        heatmaps.bar_groups(run.model, maps), caption))
+  return figures
+
+
+def _save_drawings(run: Run, images, names, out_dir: str, labels=None, numbers=None) -> list[str]:
+  """Saves draw_figures' figures as out_dir/<number>_<name>.png; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  for i, (name, figure) in enumerate(zip(names, draw_figures(run, images, labels))):
+    number = i if numbers is None else numbers[i]
+    path = os.path.join(out_dir, f'{number:04d}_{os.path.splitext(os.path.basename(name))[0]}.png')
+    figure.save(path)
     written.append(path)
   return written
 
 
-def visualize_files(run: Run, paths, out_dir: str) -> list[str]:
-  """Draws prediction and regions of each image file into out_dir; returns the PNGs."""
-  return _save_drawings(run, load_images(paths, run.spec), paths, out_dir)
+def visualize_files(run: Run, paths, out_dir: str, batch_size: int = 32) -> list[str]:
+  """Draws each image file's figure (draw_figures) into out_dir as <index>_<name>.png,
+  index its position in `paths`; returns the PNGs. A file that cannot be read is skipped
+  with a warning naming it and the reason."""
+  paths, written = list(paths), []
+  for start in range(0, len(paths), batch_size):
+    loaded = read_images(paths[start:start + batch_size], run.spec)
+    for path, why in loaded.skipped:
+      logging.warning('Skipped %s: %s', path, why)
+    if loaded.paths:
+      written += _save_drawings(run, loaded.images, loaded.paths, out_dir,
+                                numbers=[start + p for p in loaded.positions])
+  return written
 
 
 def visualize_eval_split(run: Run, num_examples: int, out_dir: str) -> list[str]:
@@ -167,30 +335,3 @@ def visualize_eval_split(run: Run, num_examples: int, out_dir: str) -> list[str]
   images = np.stack([e['image'] for e in examples])
   labels = [int(e['label']) for e in examples]
   return _save_drawings(run, images, [f'eval{i}' for i in range(len(examples))], out_dir, labels)
-
-
-def evaluate_run(workdir: str, which: str = 'best', split: str | None = None,
-                 batch_size: int | None = None) -> dict:
-  """Exact evaluation of a run's checkpoint on `split` (default: its eval split)."""
-  return evaluate_loaded(load_run(workdir, which), split, batch_size)
-
-
-def evaluate_loaded(run: Run, split: str | None = None, batch_size: int | None = None) -> dict:
-  """`evaluate_run` for a run already loaded (`load_run`); sets its config's eval split."""
-  config = run.config
-  config.unlock()
-  if split:
-    config.data.eval_split = split
-  if batch_size:
-    config.eval.batch_size = batch_size
-  config.lock()
-  parallel = ts.Parallel('pmap')
-  if config.eval.batch_size % len(parallel.devices):
-    raise ValueError(f'Eval batch size {config.eval.batch_size} is not divisible by the '
-                     f'device count {len(parallel.devices)}.')
-  source = pipeline.TfdsSource(config.data.name, os.path.expanduser(config.data.data_dir),
-                               config.data.eval_split, config.data.builder_config)
-  p_eval = parallel.map(functools.partial(ts.eval_step, model=run.model))
-  result = train.evaluate(parallel, p_eval, parallel.replicate(run.state), source, run.spec,
-                          config)
-  return {**result, 'checkpoint': run.checkpoint_path, 'split': config.data.eval_split}

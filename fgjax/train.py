@@ -19,8 +19,10 @@ import numpy as np
 
 from fgjax import checkpoint
 from fgjax import config_lib
+from fgjax import metrics_log
 from fgjax import models
 from fgjax import preemption
+from fgjax import tensorboard_log
 from fgjax import train_step as ts
 from fgjax.data import pipeline
 from fgjax.data import registry
@@ -37,8 +39,13 @@ def _log(msg: str) -> None:
 
 def _append_jsonl(path: str, row: dict) -> None:
   if jax.process_index() == 0:
-    with open(path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    with open(path, 'a+b') as f:
+      end = f.seek(0, os.SEEK_END)
+      if end:  # A line a crash cut short has no newline: this row starts a line of its own.
+        f.seek(end - 1)
+        if f.read(1) != b'\n':
+          f.write(b'\n')
+      f.write((json.dumps(row) + '\n').encode())
 
 
 def _format_eta(seconds: float) -> str:
@@ -87,6 +94,17 @@ def evaluate(parallel, p_eval, state, source, spec, config) -> dict:
   return {**metrics, 'count': count}
 
 
+def _report_eval(workdir: str, tensorboard, row: dict, host_state) -> None:
+  """An eval row's TensorBoard scalars and region pictures, and curves.png anew."""
+  tensorboard.write_row(row)
+  tensorboard.write_pictures(row['step'], host_state)
+  if jax.process_index() == 0:
+    try:
+      metrics_log.write_curves(workdir)
+    except Exception as e:  # pylint: disable=broad-except  # A picture never stops training.
+      _log(f'{workdir}/curves.png not written ({type(e).__name__}: {e}); training goes on.')
+
+
 def _heads_summary(metrics: dict) -> str:
   """' (global 0.91, part_top1 0.55)' for the heads other than the prediction, or ''."""
   heads = [f'{k[len("accuracy_"):]} {v:.4f}' for k, v in sorted(metrics.items())
@@ -117,8 +135,10 @@ class _Progress:
   those steps is evaluated or saved.
   """
 
-  def __init__(self, config, parallel, metrics_path, total_steps, steps_per_epoch, start_step):
+  def __init__(self, config, parallel, metrics_path, total_steps, steps_per_epoch, start_step,
+               tensorboard):
     self._config, self._parallel, self._path = config, parallel, metrics_path
+    self._tensorboard = tensorboard
     self._total, self._per_epoch = total_steps, steps_per_epoch
     self._unread, self._rows, self._skipped, self._in_row = [], [], 0, 0
     self._time, self._step = time.time(), start_step
@@ -165,6 +185,7 @@ class _Progress:
         _log(f'step {step}: {self._skipped} update(s) skipped for a non-finite loss or '
              'gradient since the last line.')
     _append_jsonl(self._path, row)
+    self._tensorboard.write_row(row)
     self._rows, self._skipped, self._time, self._step = [], 0, now, step
 
   def pause(self) -> None:
@@ -234,8 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
        f'{num_devices} devices, {steps_per_epoch} steps/epoch, {total_steps} steps'
        + (f', resuming at step {start_step}' if start_step else ''))
 
+  tensorboard = tensorboard_log.open_log(config, workdir, start_step, model, test_source, spec)
   progress = _Progress(config, parallel, metrics_path, total_steps, steps_per_epoch,
-                       start_step)
+                       start_step, tensorboard)
   eval_metrics = None
   end = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
   try:
@@ -255,8 +277,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           _log(f'eval at step {step}: accuracy {eval_metrics["accuracy"]:.4f} '
                f'loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
                f'{_heads_summary(eval_metrics)}')
-          _append_jsonl(metrics_path, {'step': step, 'split': 'eval', **eval_metrics})
-          ckpt.save_best(step, parallel.to_host(state), eval_metrics['accuracy'])
+          eval_row = {'step': step, 'split': 'eval', **eval_metrics}
+          _append_jsonl(metrics_path, eval_row)
+          host_state = parallel.to_host(state)
+          ckpt.save_best(step, host_state, eval_metrics['accuracy'])
+          _report_eval(workdir, tensorboard, eval_row, host_state)
           progress.pause()
         if saving:
           ckpt.save(step, parallel.to_host(state), train_iter)
@@ -266,6 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:  # A save under way completes, also when training stops on an error.
     ckpt.wait()
     ckpt.close()
+    tensorboard.close()
   if eval_metrics is None and end == total_steps:
     eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
   if eval_metrics is not None and end == total_steps:

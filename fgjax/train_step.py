@@ -17,6 +17,8 @@ import optax
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fgjax.models import regions as regions_lib
+
 AXIS = 'batch'
 # ImageNet statistics on the 0..255 scale (the pretrained backbones expect them).
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -146,25 +148,71 @@ def head_correct(outputs, labels) -> dict:
   return out
 
 
-def eval_step(state: TrainState, batch, *, model):
-  """Masked sums over the whole (global) batch: count, every head's correct, every loss."""
-  images, labels, mask = normalise(batch['image']), batch['label'], batch['mask']
-  outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                        images, train=False)
+def top_k_correct(logits, labels, k: int = 5):
+  """1.0 where the label is among the k highest of logits [B, C], else 0.0; [B].
+
+  Ties rank the lower class index first, as argmax does (so k=1 is argmax == label);
+  k is capped at C (with C <= k every example counts as correct).
+  """
+  own = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  lower_index = jnp.arange(logits.shape[-1]) < labels[:, None]
+  ahead = (logits > own) | ((logits == own) & lower_index)
+  return (jnp.sum(ahead, axis=-1) < k).astype(jnp.float32)
+
+
+def eval_sums(outputs, labels, mask, *, model) -> dict:
+  """This core's masked sums: count, every head's correct, top-5 correct, every loss.
+
+  'correct_top5': the label among the min(5, C) highest prediction logits (top_k_correct).
+  """
   per_example = {**type(model).per_example_losses(outputs, labels),
-                 **head_correct(outputs, labels)}
+                 **head_correct(outputs, labels),
+                 'correct_top5': top_k_correct(outputs['logits'], labels, 5)}
   sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
   sums['count'] = jnp.sum(mask)
-  return lax.psum(sums, AXIS)
+  return sums
 
 
-def predict_step(state: TrainState, batch, *, model):
-  """Per-example outputs (softmax probabilities, and regions when the model has them)."""
+def eval_step(state: TrainState, batch, *, model):
+  """Masked sums (`eval_sums`) over the whole (global) batch."""
   outputs = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                         normalise(batch['image']), train=False)
+  return lax.psum(eval_sums(outputs, batch['label'], batch['mask'], model=model), AXIS)
+
+
+# Model outputs that predict_step's maps carry (a key equal to one, or ending in '_' + one).
+MAP_OUTPUTS = ('attention', 'anchor_scores', 'orientation_weights', 'shift_probs')
+
+
+def predict_step(state: TrainState, batch, *, model, with_maps: bool = False):
+  """Per-example outputs: 'probs' [B, C] (softmax), and for region models 'boxes' [B, m, 4]
+  (y0, x0, y1, x1 in model-input pixels; they may reach into the zero padding) and
+  'box_valid' [B, m].
+
+  With `with_maps`, also 'maps': what each method ranks its regions by (fgjax.heatmaps
+  draws them): FDL's smoothed attention 'attention' [B, h, w]; the navigators' scores
+  ('anchor_scores', SCRIM's 'fpl_<stage>_anchor_scores' [B, A]) and the scores NMS ordered
+  the anchors by, prior included ('selection_scores', 'fpl_<stage>_selection_scores'
+  [B, A], sown by the model in regions.RANKING_SCORES); SSANet's 'orientation_weights'
+  [B, K] and 'shift_probs' [B, S]; SCRIM's 'cpl_<stage>_attention' [B, h, w, G].
+  """
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  if with_maps:
+    outputs, sown = model.apply(variables, normalise(batch['image']), train=False,
+                                mutable=[regions_lib.RANKING_SCORES])
+  else:
+    outputs = model.apply(variables, normalise(batch['image']), train=False)
   result = {'probs': jax.nn.softmax(outputs['logits'].astype(jnp.float32), -1)}
   if 'boxes' in outputs:
     result['boxes'] = outputs['boxes']
+  if 'box_valid' in outputs:
+    result['box_valid'] = outputs['box_valid']
+  if with_maps:
+    maps = {k: v for k, v in outputs.items()
+            if any(k == name or k.endswith('_' + name) for name in MAP_OUTPUTS)}
+    # sow keeps a tuple of every value sown under a name; the model sows each once.
+    maps.update({k: v[-1] for k, v in sown.get(regions_lib.RANKING_SCORES, {}).items()})
+    result['maps'] = maps
   return result
 
 

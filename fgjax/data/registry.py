@@ -6,9 +6,11 @@ here so that `launch/prepare_data.py` and the train loop share them.
 """
 
 import dataclasses
+import difflib
 import glob
 import importlib
 import os
+import re
 import textwrap
 
 # config.data.name -> (module, builder class).
@@ -26,16 +28,43 @@ BUILDERS = {
 # Generated from a seed, no download: train.py prepares them on first use.
 SYNTHETIC = ('demo', 'parts')
 
+# Any other name is a data set prepared from the user's own class folders
+# (prepare_data.py --dataset=folder --name=NAME, fgjax/data/folder.py). Lowercase, so
+# that two names never share a folder on a case-insensitive file system.
+FOLDER_BUILDER = ('fgjax.data.folder', 'FgjaxFolder')
+FOLDER = 'folder'  # prepare_data.py's --dataset for them; not a data set name.
+_FOLDER_NAME = re.compile(r'[a-z][a-z0-9_]*')
+
+
+def is_folder_name(name: str) -> bool:
+  """True for a name that is not built in: it can only be a folder data set."""
+  return name not in BUILDERS
+
+
+def check_folder_name(name: str, what: str = '--name') -> None:
+  """ValueError unless `name` (given as `what`) can name a folder data set."""
+  rule = "lowercase ASCII letters, digits and _, starting with a letter (e.g. 'my_birds')"
+  if not name:
+    raise ValueError(f"{what} is empty: give a folder data set's name ({rule}), the --name "
+                     f'given to launch/prepare_data.py --dataset={FOLDER}.')
+  if name in BUILDERS or name == FOLDER:
+    raise ValueError(f'{what}={name!r} is taken: the built-in data sets are {sorted(BUILDERS)} '
+                     f'and {FOLDER!r} is the --dataset of prepare_data.py for folder data sets; '
+                     'give a folder data set a name of its own.')
+  if not _FOLDER_NAME.fullmatch(name):
+    raise ValueError(f'{what}={name!r} is not valid; valid values: {sorted(BUILDERS)} '
+                     f"(built in), or a folder data set's name: {rule}.")
+
 
 class DataNotPreparedError(FileNotFoundError):
   """The data set has not been prepared in data_dir (the message says how)."""
 
 
 def builder_class(name: str):
-  """The TFDS builder class registered as `name`."""
-  if name not in BUILDERS:
-    raise ValueError(f'Unknown data set {name!r}; valid data sets: {sorted(BUILDERS)}.')
-  module, cls = BUILDERS[name]
+  """The TFDS builder class registered as `name` (FgjaxFolder for a folder data set)."""
+  if is_folder_name(name):
+    check_folder_name(name, 'data set name')
+  module, cls = BUILDERS.get(name, FOLDER_BUILDER)
   return getattr(importlib.import_module(module), cls)
 
 
@@ -45,17 +74,25 @@ def _needs_manual_files(cls) -> bool:
 
 
 def get_builder(name: str, data_dir: str, builder_config: str | None = None,
-                on_bad_image: str = 'error'):
+                on_bad_image: str = 'error', folder_options: dict | None = None):
   """Instantiates the builder for `name`, writing ArrayRecord under `data_dir`.
 
   Args:
-    name: a key of BUILDERS.
+    name: a key of BUILDERS, or a folder data set's name.
     data_dir: the TFDS data dir ('~' is expanded).
     builder_config: e.g. 'family' for aircraft; None for the default.
     on_bad_image: 'error' or 'skip' (common.BAD_IMAGE_POLICIES); used by the
-      builders of official files only (the synthetic sets have no bad images).
+      builders of official files and folders (the synthetic sets have no bad images).
+    folder_options: a folder data set's source (FgjaxFolder's keyword arguments),
+      needed to prepare it only; opening a prepared one reads them from its info.
   """
   cls = builder_class(name)
+  if is_folder_name(name):
+    if builder_config:
+      raise ValueError(f'Folder data set {name!r} has no builder configs, got '
+                       f'{builder_config!r}: leave config.data.builder_config empty.')
+    return cls(config=name, data_dir=os.path.expanduser(data_dir), file_format='array_record',
+               on_bad_image=on_bad_image, **(folder_options or {}))
   kwargs = {}
   if builder_config:
     valid = [c.name for c in cls.BUILDER_CONFIGS]
@@ -71,9 +108,12 @@ def get_builder(name: str, data_dir: str, builder_config: str | None = None,
 def prepare_command(name: str, data_dir: str, builder_config: str | None = None,
                     on_bad_image: str = 'error') -> str:
   """The shell command that prepares `name` (run from the repository root)."""
-  parts = ['python launch/prepare_data.py', f'--dataset={name}']
-  if _needs_manual_files(builder_class(name)):
+  folder = is_folder_name(name)
+  parts = ['python launch/prepare_data.py', f'--dataset={FOLDER if folder else name}']
+  if folder or _needs_manual_files(builder_class(name)):
     parts.append('--manual_dir=DIR')
+  if folder:
+    parts.append(f'--name={name}')
   parts.append(f'--data_dir={data_dir}')
   if builder_config:
     parts.append(f'--builder_config={builder_config}')
@@ -105,7 +145,8 @@ class PrepareResult:
 
 
 def prepare(name: str, data_dir: str, manual_dir: str | None = None,
-            builder_config: str | None = None, on_bad_image: str = 'error') -> PrepareResult:
+            builder_config: str | None = None, on_bad_image: str = 'error',
+            folder_options: dict | None = None) -> PrepareResult:
   """Builds the ArrayRecord data set from the manual download, unless already done.
 
   An interrupted prepare leaves no data set that looks complete (TFDS writes
@@ -120,11 +161,13 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
     builder_config: e.g. 'family' for aircraft.
     on_bad_image: 'error' stops at the first undecodable image, naming it;
       'skip' leaves such images out and lists them in the result.
+    folder_options: a folder data set's source (see get_builder); prepare it
+      with fgjax.data.folder.prepare, which checks them against a prepared one.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir)
-  builder = get_builder(name, data_dir, builder_config, on_bad_image)
+  builder = get_builder(name, data_dir, builder_config, on_bad_image, folder_options)
   data_path = os.fspath(builder.data_path)
   skipped = getattr(builder, 'skipped_files', [])
   if _is_prepared(builder):
@@ -161,7 +204,13 @@ def require_prepared(name: str, data_dir: str, builder_config: str | None = None
   message = (f'Data set {name!r}{f" ({builder_config})" if builder_config else ""} is not '
              f'prepared in {os.path.expanduser(data_dir)}. Prepare it with:\n  '
              f'{prepare_command(name, data_dir, builder_config, on_bad_image)}')
-  if _needs_manual_files(type(builder)):
+  close = difflib.get_close_matches(name, BUILDERS, n=1)
+  if is_folder_name(name):
+    message += ('\nwhere DIR holds your images in class folders:\n' +
+                textwrap.dedent(builder.LAYOUT_HELP) +
+                (f'({name!r} is not a built-in data set; did you mean {close[0]!r}?)\n'
+                 if close else ''))
+  elif _needs_manual_files(type(builder)):
     message += ('\nwhere DIR holds the official files:\n' +
                 textwrap.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS))
   interrupted = _interrupted_dirs(builder)

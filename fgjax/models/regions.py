@@ -118,6 +118,18 @@ def navigate(stage4, num_anchors: int, image_hw, *, width: int, dtype, grid: str
   return scores
 
 
+# Flax collection of the scores NMS orders each model's candidates by; filled only when a
+# caller asks for it (`apply(..., mutable=[RANKING_SCORES])`, train_step.predict_step's maps).
+RANKING_SCORES = 'ranking_scores'
+
+
+def sow_ranking_scores(module: nn.Module, name: str, scores) -> None:
+  """Keeps `scores` [B, A] under `name` in RANKING_SCORES when that collection is mutable
+  (never at init, so initialised variables hold only params and batch_stats)."""
+  if not module.is_initializing():
+    module.sow(RANKING_SCORES, name, scores)
+
+
 GUIDES = ('none', 'train', 'always')
 GUIDE_SMOOTH_SIGMA = 1.0  # FDL's default smoothing, in map cells.
 FEATURE_STRIDE = 32  # Output stride of the backbone's stage4: input pixels per map cell.

@@ -158,6 +158,7 @@ class SCRIM(regions.NavigatedModel):
           selection = scores + self.cpl_guide_weight * regions.attention_prior(
               jnp.max(outputs[f'cpl_{stage}_attention'], axis=-1), anchors, (height, width),
               STAGE_STRIDES[stage])
+        regions.sow_ranking_scores(self, f'{k}_selection_scores', selection)
         indices, valid, boxes, part_features = regions.zoom_and_describe(
             backbone, images, anchors, selection, num=per_fpl, iou=self.nms_iou,
             pad_px=pad_px, part_px=part_px, train=train,

@@ -278,6 +278,7 @@ class SSANet(regions.NavigatedModel):
         features['stage4'], anchor_scores, anchors, (height, width),
         num_classes=self.num_classes, guide=self.navigator_guide, weight=self.guide_weight,
         train=train)
+    regions.sow_ranking_scores(self, 'selection_scores', selection)
     indices, valid, boxes, part_features = regions.zoom_and_describe(
         backbone, images, anchors, selection, num=self.proposal_num, iou=self.nms_iou,
         pad_px=pad_px, part_px=part_px, train=train,

@@ -2,9 +2,11 @@
 
 `RestrictedUnpickler` builds only what a state dict holds: an OrderedDict of `Tensor`s
 over `Storage`s (records, unchecked; fgjax.models.weight_file checks them against each
-other and the file) and refuses every other global. It is Python's pure-Python
-unpickler over a `BoundedReader`, so that no size field of the file (a string's, a
-frame's, a memo index) makes it allocate more than the file holds.
+other and the file), and the plain data around it in a training checkpoint (numbers,
+strings, lists, dicts, and `argparse.Namespace` as an inert `PickledObject`). Every
+other global is refused. It is Python's pure-Python unpickler over a `BoundedReader`,
+so that no size field of the file (a string's, a frame's, a memo index) makes it
+allocate more than the file holds.
 """
 
 import collections
@@ -40,6 +42,23 @@ class Tensor(NamedTuple):
   stride: object
 
 
+class PickledObject:
+  """Stands in for an allowed object of plain data (`argparse.Namespace`): its pickled
+  arguments and state are kept as data; no code of the original class runs."""
+  args, state = (), None
+
+  def __init__(self, *args):
+    self.args = args
+
+  def __setstate__(self, state):
+    self.state = state
+
+
+# What a training checkpoint holds besides tensors: timm's and torchvision's train.py
+# save their command line (`args`); torch.load(weights_only=True) allows it for timm.
+_PLAIN_OBJECTS = {('argparse', 'Namespace'): type('Namespace', (PickledObject,), {})}
+
+
 class BoundedReader:
   """A file that refuses to read past its last byte, before allocating for it."""
 
@@ -54,6 +73,14 @@ class BoundedReader:
     self.left -= len(data)
     return data
 
+  def skip(self, n: int):
+    """Moves `n` bytes on without reading them, refusing to pass the file's end."""
+    if n > self.left:
+      raise WeightFileError(f'{self._where}: skipping {n} bytes, but only {self.left} remain '
+                            'in the file (truncated, or a size field beyond its end).')
+    self._file.seek(n, 1)
+    self.left -= n
+
   def readline(self) -> bytes:
     line = self._file.readline(self.left)
     self.left -= len(line)
@@ -66,7 +93,8 @@ def _refuse_bytearray8(unpickler):
 
 
 class RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
-  """Unpickles a state dict; any global but tensors, storages and OrderedDict is refused.
+  """Unpickles a state dict; any global but tensors, storages, OrderedDict and
+  argparse.Namespace (a `PickledObject`) is refused.
 
   The pure-Python unpickler: the C one grows its memo to twice any index a pickle
   names (LONG_BINPUT 2**31: 32 GiB) before any check could run.
@@ -94,10 +122,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acces
       return lambda data, *unused: data  # requires_grad, backward hooks.
     if module in ('torch', 'torch.cuda') and name.endswith('Storage'):
       return StorageType(name)  # An unknown dtype is refused with its tensor's key.
+    if (module, name) in _PLAIN_OBJECTS:
+      return _PLAIN_OBJECTS[module, name]
     raise WeightFileError(
         f'{self.path}: refusing to unpickle the global {module}.{name}: a state dict '
         'holds only tensors (torch._utils._rebuild_tensor_v2, torch.*Storage) and '
-        'collections.OrderedDict.')
+        'collections.OrderedDict (a training checkpoint also argparse.Namespace).')
 
   def persistent_load(self, pid):
     # ('storage', storage type, key, location, numel[, view]); bytes from Python 2.

@@ -3,7 +3,10 @@
 Both formats of `torch.save`, at any pickle protocol: the zip archive of PyTorch >= 1.6
 (`<name>/data.pkl`, a record `<name>/data/<key>` per storage) and the single stream of
 torchvision's first ResNet files (four pickles, then each storage's size and bytes);
-also an `.npz` of the same keys. Nothing is allocated for a size the file declares
+also an `.npz` of the same keys, and a `.safetensors` file (Hugging Face hub, read by the
+`safetensors` package). A training checkpoint (timm's or torchvision's train.py) holds
+the state dict under a key such as 'state_dict_ema' (fgjax.models.timm_weights); only
+its tensors are read. Nothing is allocated for a size the file declares
 before that size is checked: the unpickler (fgjax.models.torch_pickle) cannot read past
 the file's end; then every tensor must fit its storage's declared size (integer sizes,
 strides and offsets >= 0, the element count within the storage from the offset, the
@@ -20,9 +23,14 @@ import re
 import struct
 import zipfile
 
+from typing import NamedTuple
+
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
+from fgjax.models import timm_weights
 from fgjax.models.torch_pickle import BoundedReader
 from fgjax.models.torch_pickle import RestrictedUnpickler
 from fgjax.models.torch_pickle import Storage
@@ -30,6 +38,14 @@ from fgjax.models.torch_pickle import Tensor
 from fgjax.models.torch_pickle import WeightFileError
 
 PathLike = str | os.PathLike
+
+
+class WeightFile(NamedTuple):
+  """A weight file's state dict, and what the file says of it."""
+  state_dict: dict[str, np.ndarray]
+  entry: str | None = None  # The training checkpoint's key it came from, e.g. 'state_dict'.
+  arch: str | None = None  # The model name the training checkpoint records.
+
 
 _STORAGE_DTYPES = {
     'DoubleStorage': np.float64,
@@ -109,9 +125,6 @@ def _check_tensor(where: str, tensor: Tensor):
 
 def _check_state_dict(path: str, state_dict) -> dict[str, str]:
   """Checks every tensor; returns {root storage key: the first tensor key using it}."""
-  if not isinstance(state_dict, dict):
-    raise WeightFileError(f'{path}: expected a state dict (names -> tensors), '
-                          f'found a {type(state_dict).__name__}.')
   users = {}
   for key, value in state_dict.items():
     if not isinstance(value, Tensor):
@@ -170,7 +183,13 @@ def _read_member(path: str, archive: zipfile.ZipFile, name: str) -> bytes:
   return archive.read(info)
 
 
-def _load_zip(path: str, archive: zipfile.ZipFile, prefix: str) -> dict[str, np.ndarray]:
+def _select(path: str, checkpoint) -> tuple[timm_weights.Selected, dict[str, str]]:
+  """The state dict in the unpickled file, and `_check_state_dict` of its tensors."""
+  selected = timm_weights.select_state_dict(path, checkpoint, lambda v: isinstance(v, Tensor))
+  return selected, _check_state_dict(path, selected.state_dict)
+
+
+def _load_zip(path: str, archive: zipfile.ZipFile, prefix: str) -> WeightFile:
   """Reads `<prefix>data.pkl` and the storages `<prefix>data/<key>` it names."""
   names = set(archive.namelist())
   little_endian = (prefix + 'byteorder' not in names
@@ -188,9 +207,8 @@ def _load_zip(path: str, archive: zipfile.ZipFile, prefix: str) -> dict[str, np.
 
   data_pkl = _read_member(path, archive, prefix + 'data.pkl')
   reader = BoundedReader(io.BytesIO(data_pkl), len(data_pkl), path)
-  state_dict = RestrictedUnpickler(reader, path, declare_storage).load()
-  users = _check_state_dict(path, state_dict)
-  roots = {}
+  selected, users = _select(path, RestrictedUnpickler(reader, path, declare_storage).load())
+  state_dict, roots = selected.state_dict, {}
   for key, user in users.items():
     storage, where = declared[key], f'{path}: tensor {user!r}'
     dtype, record = _storage_dtype(where, storage), f'{prefix}data/{key}'
@@ -202,10 +220,11 @@ def _load_zip(path: str, archive: zipfile.ZipFile, prefix: str) -> dict[str, np.
       raise WeightFileError(f'{where}: its storage {record!r} declares {storage.numel} x '
                             f'{dtype.name} = {needed} bytes, but the file holds {held}.')
     roots[key] = _decode(archive.read(info), dtype, storage.numel, little_endian)
-  return {key: _copy_out(tensor, roots) for key, tensor in state_dict.items()}
+  return WeightFile({key: _copy_out(tensor, roots) for key, tensor in state_dict.items()},
+                    selected.entry, selected.arch)
 
 
-def _load_legacy(path: str, reader: BoundedReader) -> dict[str, np.ndarray]:
+def _load_legacy(path: str, reader: BoundedReader) -> WeightFile:
   """Reads the pre-1.6 format: four pickles, then each storage's size and bytes."""
   declared, views = {}, {}
 
@@ -235,9 +254,8 @@ def _load_legacy(path: str, reader: BoundedReader) -> dict[str, np.ndarray]:
     raise WeightFileError(unknown + '.')
   sys_info = load()
   little_endian = sys_info.get('little_endian', True) if isinstance(sys_info, dict) else True
-  state_dict = load(declare_storage)
-  keys = load()
-  users = _check_state_dict(path, state_dict)
+  selected, users = _select(path, load(declare_storage))
+  state_dict, keys = selected.state_dict, load()
   if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(declared):
     raise WeightFileError(f'{path}: the storage list {keys!r:.200} does not match the '
                           f'storages the tensors use ({sorted(declared)!r:.200}).')
@@ -254,8 +272,12 @@ def _load_legacy(path: str, reader: BoundedReader) -> dict[str, np.ndarray]:
       raise WeightFileError(f'{where}: declares {numel} x {dtype.name} = '
                             f'{numel * dtype.itemsize} bytes, but only {reader.left} '
                             'bytes remain in the file.')
+    if key not in users:  # Outside the state dict (an optimizer's): not needed.
+      reader.skip(numel * dtype.itemsize)
+      continue
     roots[key] = _decode(reader.read(numel * dtype.itemsize), dtype, numel, little_endian)
-  return {key: _copy_out(tensor, roots) for key, tensor in state_dict.items()}
+  return WeightFile({key: _copy_out(tensor, roots) for key, tensor in state_dict.items()},
+                    selected.entry, selected.arch)
 
 
 def _load_npz(path: str, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
@@ -283,8 +305,29 @@ def _load_npz(path: str, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
   return arrays
 
 
-def _load(path: str) -> dict[str, np.ndarray]:
+def _is_safetensors(path: str) -> bool:
+  """A '.safetensors' name, or its header: a little-endian u64 size, then a JSON object."""
+  with open(path, 'rb') as f:
+    head = f.read(9)
+  size = int.from_bytes(head[:8], 'little') if len(head) == 9 else -1
+  return path.endswith('.safetensors') or (
+      0 < size < os.path.getsize(path) - 8 and head[8:] == b'{')
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Reads a .safetensors file (a JSON header of dtypes, shapes and byte ranges, checked
+  against the file by the `safetensors` package; no code in the format to run)."""
+  try:
+    return dict(safetensors.numpy.load_file(path))
+  except (safetensors.SafetensorError, TypeError, ValueError, OSError) as error:
+    raise WeightFileError(f'{path}: not a readable safetensors file '
+                          f'({type(error).__name__}: {error!s:.300}).') from error
+
+
+def _load(path: str) -> WeightFile:
   if not zipfile.is_zipfile(path):
+    if _is_safetensors(path):
+      return WeightFile(_load_safetensors(path))
     with open(path, 'rb') as f:
       return _load_legacy(path, BoundedReader(f, os.fstat(f.fileno()).st_size, path))
   with zipfile.ZipFile(path) as archive:
@@ -293,21 +336,32 @@ def _load(path: str) -> dict[str, np.ndarray]:
     if len(pickles) == 1:
       return _load_zip(path, archive, pickles[0][:-len('data.pkl')])
     if names and all(n.endswith('.npy') for n in names):
-      return _load_npz(path, archive)
+      return WeightFile(_load_npz(path, archive))
     raise WeightFileError(f'{path}: unknown format: a zip file that is neither a PyTorch '
                           f'checkpoint (<name>/data.pkl) nor an .npz; it holds {names[:5]}.')
 
 
 def load_torch_state_dict(path: PathLike) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state dict (`torch.save` file) or an `.npz`, without torch.
+  """Reads a PyTorch state dict (`torch.save` file), `.npz` or `.safetensors`, without torch.
 
   Args:
     path: a file written by `torch.save(model.state_dict(), path)` (zip or
-      legacy format), or by `np.savez(path, **state_dict)`.
+      legacy format; also a training checkpoint holding one, see `read_weight_file`),
+      by `np.savez(path, **state_dict)` or by `safetensors.*.save_file`.
 
   Returns:
     {name: array}, arrays in the stored dtype (bfloat16 as `ml_dtypes.bfloat16`).
     Raises FileNotFoundError, or WeightFileError (a ValueError) naming the file.
+  """
+  return read_weight_file(path).state_dict
+
+
+def read_weight_file(path: PathLike) -> WeightFile:
+  """`load_torch_state_dict`, and which entry of a training checkpoint the state dict is.
+
+  A `torch.save` file may hold a training checkpoint rather than a bare state dict:
+  the first of 'state_dict_ema', 'model_ema', 'state_dict' and 'model' it has is read
+  (timm's order: EMA weights first); its 'arch' (or args.model) is returned too.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
