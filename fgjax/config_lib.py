@@ -16,6 +16,7 @@ import shlex
 import ml_collections
 
 from fgjax import config_checks
+from fgjax.data import registry
 
 # Per-method keyword arguments live under config.model.<method>; the model
 # registry (fgjax.models.MODELS) lists the valid model names.
@@ -27,7 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds parameter init, dropout and the data order.
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'demo'  # Data set: 'demo', 'parts', 'cub', 'aircraft' or 'cars'.
+  # Data set: built in (fgjax.data.registry.BUILDERS: 'demo', 'parts', 'cub', 'aircraft',
+  # 'cars', 'nabirds', 'dogs') or the --name of one prepared from class folders.
+  c.data.name = 'demo'
   c.data.builder_config = ''  # TFDS builder config ('' = default; aircraft: variant/family/manufacturer).
   c.data.data_dir = '~/tensorflow_datasets'  # Where prepared data sets live.
   c.data.train_split = 'train'  # Split to train on (aircraft: 'trainval').
@@ -212,7 +215,6 @@ def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.Config
 
 
 CHOICES = {
-    'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars', 'nabirds', 'dogs'),
     'data.sampler': ('random', 'class_balanced'),
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),
@@ -270,6 +272,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key, valid in choices.items():
     if flat[key] not in valid:
       raise ValueError(f'config.{key}={flat[key]!r} is not valid; valid values: {list(valid)}.')
+  # Not a list of choices: any valid name may be a data set prepared from class folders.
+  registry.check_data_name(flat['data.name'], 'config.data.name')
   stages = config_checks.stage_names(tuple(scrim.STAGE_STRIDES))  # The backbone's pyramid.
   config_checks.check_ranges(flat, {**config_checks.RANGES, 'model.ssanet.dsm_stages': stages,
                                     'model.scrim.cpl_stages': stages})

@@ -44,13 +44,29 @@ def test_unknown_method_after_colon_lists_valid_ones():
     importlib.import_module('configs.cub').get_config('ntsnet')
 
 
-@pytest.mark.parametrize('name', ['cub', 'aircraft', 'cars'])
+@pytest.mark.parametrize('name', ['cub', 'aircraft', 'cars', 'folder'])
 def test_real_data_configs_follow_the_papers_recipe(name):
   c = importlib.import_module(f'configs.{name}').get_config()
+  assert (c.model.backbone, c.model.pretrained_path) == ('resnet50', '')
   assert (c.data.image_size, c.data.resize_size, c.train.batch_size) == (448, 600, 16)
   assert (c.train.base_lr, c.train.lr_decay_epochs, c.train.lr_decay_factor) == (0.01, 40, 0.1)
   assert (c.train.momentum, c.train.weight_decay, c.train.epochs) == (0.9, 5e-4, 100)
   assert c.train.pretrained_lr_mult == 0.1
+
+
+@pytest.mark.parametrize('method', config_lib.METHODS)
+def test_folder_config_is_cubs_recipe_and_needs_a_data_set_name(method):
+  folder = importlib.import_module('configs.folder').get_config(method)
+  with pytest.raises(ValueError) as raised:  # The placeholder never trains on anything.
+    config_lib.validate(folder)
+  assert str(raised.value).startswith('config.data.name is empty')
+  assert '--config.data.name=NAME' in str(raised.value)
+  assert 'launch/prepare_data.py --dataset=folder' in str(raised.value)
+  folder.data.name = 'my_birds'
+  config_lib.validate(folder)
+  cub = importlib.import_module('configs.cub').get_config(method)
+  cub.data.name = 'my_birds'
+  assert folder.to_dict() == cub.to_dict()  # Written out in the file, the same numbers.
 
 
 def test_adding_a_key_fails():
@@ -61,7 +77,6 @@ def test_adding_a_key_fails():
 
 # The validation rules, stated here independently of config_lib's own lists.
 _CHOICES = {
-    'data.name': ('demo', 'parts', 'cub', 'aircraft', 'cars'),
     'data.sampler': ('random', 'class_balanced'),
     'data.on_bad_image': ('error', 'skip'),
     'model.name': ('resnet', 'nts', 'fdl', 'ssanet', 'scrim'),
@@ -99,6 +114,35 @@ def test_each_choice_accepts_its_values_and_names_them_on_a_bad_one(key):
   assert f"config.{key}='bogus'" in msg
   listed = re.search(r'valid values: (\[.*\])', msg)
   assert listed and set(ast.literal_eval(listed.group(1))) == set(_CHOICES[key]), msg
+
+
+# data.name: a built-in data set, or the name of one prepared from class folders.
+_BUILT_IN = ('demo', 'parts', 'cub', 'aircraft', 'cars', 'nabirds', 'dogs')
+_FOLDER_RULE = ("lowercase ASCII letters, digits and _, starting with a letter, at most 64 "
+                "characters, e.g. 'my_birds'")
+
+
+def test_data_name_is_a_built_in_or_a_folder_data_set_name():
+  for name in _BUILT_IN + ('my_birds', 'x', 'cub2', 'a_1_', 'a' * 64):
+    config_lib.validate(_config({'data.name': name}))
+  for name in ('Bogus', 'my-birds', 'my birds', '2birds', '_birds', 'a' * 65, 'vögel', 'cub/1'):
+    with pytest.raises(ValueError) as raised:
+      config_lib.validate(_config({'data.name': name}))
+    msg = str(raised.value)
+    listed = re.fullmatch(r"config\.data\.name=(.*) is not valid; valid values: (\[.*\]) "
+                          r"\(built in\), or a folder data set's name: (.*)\.", msg)
+    assert listed, msg
+    assert ast.literal_eval(listed.group(1)) == name
+    assert set(ast.literal_eval(listed.group(2))) == set(_BUILT_IN)
+    assert listed.group(3) == _FOLDER_RULE
+
+
+def test_data_name_empty_or_folder_says_what_to_give():
+  with pytest.raises(ValueError, match=r'^config\.data\.name is empty: .*--config\.data\.name=NAME'):
+    config_lib.validate(_config({'data.name': ''}))
+  with pytest.raises(ValueError, match=r"^config\.data\.name='folder' is not a data set name: "
+                     r"'folder' is the --dataset of launch/prepare_data\.py"):
+    config_lib.validate(_config({'data.name': 'folder'}))
 
 
 _STAGES = "['stage1', 'stage2', 'stage3', 'stage4']"

@@ -33,7 +33,9 @@ SYNTHETIC = ('demo', 'parts')
 # that two names never share a folder on a case-insensitive file system.
 FOLDER_BUILDER = ('fgjax.data.folder', 'FgjaxFolder')
 FOLDER = 'folder'  # prepare_data.py's --dataset for them; not a data set name.
-_FOLDER_NAME = re.compile(r'[a-z][a-z0-9_]*')
+_FOLDER_NAME = re.compile(r'[a-z][a-z0-9_]{0,63}')
+FOLDER_NAME_RULE = ("lowercase ASCII letters, digits and _, starting with a letter, at "
+                    "most 64 characters, e.g. 'my_birds'")
 
 
 def is_folder_name(name: str) -> bool:
@@ -41,19 +43,38 @@ def is_folder_name(name: str) -> bool:
   return name not in BUILDERS
 
 
+class DataNameError(ValueError):
+  """A name that can name no data set (the message gives the rule)."""
+
+
 def check_folder_name(name: str, what: str = '--name') -> None:
-  """ValueError unless `name` (given as `what`) can name a folder data set."""
-  rule = "lowercase ASCII letters, digits and _, starting with a letter (e.g. 'my_birds')"
+  """DataNameError unless `name` (given as `what`) can name a folder data set."""
   if not name:
-    raise ValueError(f"{what} is empty: give a folder data set's name ({rule}), the --name "
-                     f'given to launch/prepare_data.py --dataset={FOLDER}.')
-  if name in BUILDERS or name == FOLDER:
-    raise ValueError(f'{what}={name!r} is taken: the built-in data sets are {sorted(BUILDERS)} '
-                     f'and {FOLDER!r} is the --dataset of prepare_data.py for folder data sets; '
-                     'give a folder data set a name of its own.')
+    raise DataNameError(
+        f"{what} is empty: give the name of a data set prepared from class folders "
+        f"({FOLDER_NAME_RULE}), the --name of `python launch/prepare_data.py "
+        f"--dataset={FOLDER} --manual_dir=DIR --name=NAME`; then train with "
+        '--config=configs/folder.py --config.data.name=NAME.')
+  if name in BUILDERS:
+    raise DataNameError(f'{what}={name!r} is a built-in data set (the built-in ones are '
+                        f'{sorted(BUILDERS)}): give a folder data set a name of its own.')
+  if name == FOLDER:
+    raise DataNameError(f'{what}={name!r} is not a data set name: {FOLDER!r} is the '
+                        '--dataset of launch/prepare_data.py for all folder data sets, each '
+                        f'of which has its own --name ({FOLDER_NAME_RULE}).')
   if not _FOLDER_NAME.fullmatch(name):
-    raise ValueError(f'{what}={name!r} is not valid; valid values: {sorted(BUILDERS)} '
-                     f"(built in), or a folder data set's name: {rule}.")
+    raise DataNameError(f"{what}={name!r} is not valid: a folder data set's name is made of "
+                        f'{FOLDER_NAME_RULE}.')
+
+
+def check_data_name(name: str, what: str = 'config.data.name') -> None:
+  """DataNameError unless `name` is a built-in data set or can name a folder data set."""
+  if name in BUILDERS:
+    return
+  if name and name != FOLDER and not _FOLDER_NAME.fullmatch(name):
+    raise DataNameError(f'{what}={name!r} is not valid; valid values: {sorted(BUILDERS)} '
+                        f"(built in), or a folder data set's name: {FOLDER_NAME_RULE}.")
+  check_folder_name(name, what)  # The empty name and 'folder' have messages of their own.
 
 
 class DataNotPreparedError(FileNotFoundError):
@@ -62,8 +83,7 @@ class DataNotPreparedError(FileNotFoundError):
 
 def builder_class(name: str):
   """The TFDS builder class registered as `name` (FgjaxFolder for a folder data set)."""
-  if is_folder_name(name):
-    check_folder_name(name, 'data set name')
+  check_data_name(name, 'data set name')
   module, cls = BUILDERS.get(name, FOLDER_BUILDER)
   return getattr(importlib.import_module(module), cls)
 
@@ -122,7 +142,8 @@ def prepare_command(name: str, data_dir: str, builder_config: str | None = None,
   return ' '.join(parts)
 
 
-def _is_prepared(builder) -> bool:
+def is_prepared(builder) -> bool:
+  """True once `builder`'s data set is completely written in its data dir."""
   # Checking the folder first spares TFDS's warning about a folder that is not there.
   return os.path.isdir(os.fspath(builder.data_path)) and builder.is_prepared()
 
@@ -154,7 +175,7 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
   builds it from scratch.
 
   Args:
-    name: a key of BUILDERS.
+    name: a key of BUILDERS, or a folder data set's name.
     data_dir: the TFDS data dir.
     manual_dir: the folder holding the official archive or extracted folder;
       None means TFDS's default, <data_dir>/downloads/manual.
@@ -170,7 +191,7 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None,
   builder = get_builder(name, data_dir, builder_config, on_bad_image, folder_options)
   data_path = os.fspath(builder.data_path)
   skipped = getattr(builder, 'skipped_files', [])
-  if _is_prepared(builder):
+  if is_prepared(builder):
     return PrepareResult(builder, True, skipped, data_path)
   if os.path.exists(data_path):
     # TFDS would take any folder there for a finished data set and return.
@@ -199,7 +220,7 @@ def require_prepared(name: str, data_dir: str, builder_config: str | None = None
   `on_bad_image` (config.data.on_bad_image) goes into the suggested command.
   """
   builder = get_builder(name, data_dir, builder_config)
-  if _is_prepared(builder):
+  if is_prepared(builder):
     return builder
   message = (f'Data set {name!r}{f" ({builder_config})" if builder_config else ""} is not '
              f'prepared in {os.path.expanduser(data_dir)}. Prepare it with:\n  '

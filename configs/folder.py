@@ -1,0 +1,39 @@
+r"""Your own images in class folders: the papers' recipe, ResNet-50 at 448.
+
+  python launch/prepare_data.py --dataset=folder --manual_dir=/path/to/images --name=my_birds
+  python launch/train.py --config=configs/folder.py:fdl --config.data.name=my_birds \
+      --workdir=runs/my_birds_fdl --config.model.pretrained_path=/path/to/resnet50-0676ba61.pth
+
+/path/to/images holds train/<class>/*.jpg and test/<class>/*.jpg, or one tree
+<class>/*.jpg that prepare_data.py splits per class (--test_fraction 0.2 and --split_seed 0
+by default; see fgjax/data/class_folders.py). --config.data.name is required: the --name
+given to prepare_data.py (the empty default stops with this advice). The method follows
+the colon: resnet (default), nts, fdl, ssanet or scrim (P x K batches; P must not exceed
+your class count). The recipe is the one the papers use on CUB (configs/cub.py), written
+out here to adapt: with few images per class, fewer epochs (and lr_decay_epochs) may do.
+"""
+
+from fgjax import config_lib
+
+
+def get_config(method: str = 'resnet'):
+  config_lib.check_method(method)
+  c = config_lib.base_config()
+  c.data.name = ''  # Required: --config.data.name=NAME, the --name of prepare_data.py.
+  c.model.name = method
+  c.data.image_size = 448  # Random 448 crop (train) or centre crop (test) ...
+  c.data.resize_size = 600  # ... of the image resized to 600 x 600.
+  c.data.num_workers = 8
+  c.model.backbone = 'resnet50'
+  c.train.batch_size = 16
+  c.train.epochs = 100
+  c.train.base_lr = 0.01
+  c.train.pretrained_lr_mult = 0.1  # The pretrained backbone learns at 0.001.
+  c.train.lr_decay_epochs = 40
+  c.train.lr_decay_factor = 0.1
+  c.train.momentum = 0.9
+  c.train.weight_decay = 5e-4
+  if method == 'scrim':  # Its contrastive loss needs several images per class: 4 x 4.
+    c.data.sampler = 'class_balanced'
+    c.data.classes_per_batch = 4
+  return c
