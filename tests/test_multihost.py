@@ -90,10 +90,14 @@ def test_two_process_training_agrees_and_evaluates_every_image(demo_data_dir, tm
   assert results[0]['count'] == results[1]['count'] == 37
   assert results[0]['accuracy'] == results[1]['accuracy']
   assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['4', '6']
-  # Process 0 alone writes config.json (a .tmp, renamed) and metrics.jsonl (and prints
-  # progress): had process 1 written too, rows would come twice and show in its record.
-  assert results[0]['written'] == ['config.json.tmp'] + ['metrics.jsonl'] * len(_EXPECTED_ROWS)
+  # Process 0 alone writes config.json (a .tmp, renamed), metrics.jsonl and, after the
+  # evaluation, curves.png (a .tmp, renamed), and prints progress: had process 1 written
+  # too, rows would come twice and show in its record.
+  assert results[0]['written'] == (['config.json.tmp'] + ['metrics.jsonl'] * len(_EXPECTED_ROWS)
+                                   + ['curves.png.tmp'])
   assert results[1]['written'] == []
+  # One TensorBoard event file: process 0's.
+  assert len(os.listdir(tmp_path / 'run' / 'tensorboard')) == 1
   progress = ['step 2/6 ', 'eval at step 6', 'final test accuracy']
   assert all(line in results[0]['log'] for line in progress)
   assert not any(line in results[1]['log'] for line in progress)
