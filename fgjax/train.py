@@ -106,9 +106,10 @@ def _report_eval(workdir: str, tensorboard, row: dict, host_state) -> None:
 
 
 def _heads_summary(metrics: dict) -> str:
-  """' (global 0.91, part_top1 0.55)' for the heads other than the prediction, or ''."""
+  """' (global 0.91, part_top1 0.55)' for the heads other than the prediction, or ''
+  (the prediction's top-5, 'accuracy_top5', is in the line itself)."""
   heads = [f'{k[len("accuracy_"):]} {v:.4f}' for k, v in sorted(metrics.items())
-           if k.startswith('accuracy_')]
+           if k.startswith('accuracy_') and k != 'accuracy_top5']
   return f' (heads: {", ".join(heads)})' if heads else ''
 
 
@@ -275,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if evaluating:
           eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
           _log(f'eval at step {step}: accuracy {eval_metrics["accuracy"]:.4f} '
-               f'loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
+               f'(top-5 {eval_metrics["accuracy_top5"]:.4f}) loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
                f'{_heads_summary(eval_metrics)}')
           eval_row = {'step': step, 'split': 'eval', **eval_metrics}
           _append_jsonl(metrics_path, eval_row)
@@ -296,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
   if eval_metrics is not None and end == total_steps:
     _log(f'final test accuracy: {eval_metrics["accuracy"]:.4f} '
-         f'({eval_metrics["count"]} images){_heads_summary(eval_metrics)}')
+         f'(top-5 {eval_metrics["accuracy_top5"]:.4f}, {eval_metrics["count"]} images){_heads_summary(eval_metrics)}')
   return {**(eval_metrics or {}), 'step': end, 'state': parallel.to_host(state)}
 
 
