@@ -339,7 +339,7 @@ def test_mapping_errors_name_the_keys():
     pretrained.torchvision_to_flax(bad, variables)
   message = str(error.value)
   assert 'missing keys (1): layer2.0.bn1.running_var' in message
-  assert 'unused keys (1): layer5.0.conv1.weight' in message
+  assert 'unexpected keys (1): layer5.0.conv1.weight' in message
   assert 'layer1.0.conv2.weight: expected shape (8, 8, 3, 3), found (8, 8, 1, 3)' in message
   extra = {**variables, 'params': {**variables['params'], 'attention': {'kernel': 0}}}
   with pytest.raises(ValueError, match='no torchvision name .1.: params/attention/kernel'):

@@ -3,16 +3,17 @@
 Both formats of `torch.save`, at any pickle protocol: the zip archive of PyTorch >= 1.6
 (`<name>/data.pkl`, a record `<name>/data/<key>` per storage) and the single stream of
 torchvision's first ResNet files (four pickles, then each storage's size and bytes);
-also an `.npz` of the same keys, and a `.safetensors` file (Hugging Face hub, read by the
-`safetensors` package). A training checkpoint (timm's or torchvision's train.py) holds
-the state dict under a key such as 'state_dict_ema' (fgjax.models.timm_weights); only
-its tensors are read. Nothing is allocated for a size the file declares
-before that size is checked: the unpickler (fgjax.models.torch_pickle) cannot read past
-the file's end; then every tensor must fit its storage's declared size (integer sizes,
-strides and offsets >= 0, the element count within the storage from the offset, the
-farthest element the strides reach inside it), and every storage's declared size must
-fit the bytes the file holds. Every failure is a `WeightFileError` (a ValueError)
-naming the file, the tensor's key where there is one, and what was expected.
+also an `.npz` of the same keys, and a `.safetensors` file (Hugging Face hub; its header
+checked in fgjax.models.timm_weights, its data read by the `safetensors` package). A
+training checkpoint (timm's or torchvision's train.py) holds the state dict under a key
+such as 'state_dict_ema' (fgjax.models.timm_weights); only its tensors are read.
+Nothing is allocated for a size the file declares before that size is checked: the
+unpickler (fgjax.models.torch_pickle) cannot read past the file's end; then every
+tensor must fit its storage's declared size (integer sizes, strides and offsets >= 0,
+the element count within the storage from the offset, the farthest element the strides
+reach inside it), and every storage's declared size must fit the bytes the file holds.
+Every failure is a `WeightFileError` (a ValueError) naming the file, the tensor's key
+where there is one, and what was expected.
 """
 
 import io
@@ -27,8 +28,6 @@ from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
-import safetensors
-import safetensors.numpy
 
 from fgjax.models import timm_weights
 from fgjax.models.torch_pickle import BoundedReader
@@ -306,7 +305,7 @@ def _load_npz(path: str, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
 
 
 def _is_safetensors(path: str) -> bool:
-  """A '.safetensors' name, or its header: a little-endian u64 size, then a JSON object."""
+  """A '.safetensors' name, or its start: a little-endian u64 header size, then '{'."""
   with open(path, 'rb') as f:
     head = f.read(9)
   size = int.from_bytes(head[:8], 'little') if len(head) == 9 else -1
@@ -314,20 +313,11 @@ def _is_safetensors(path: str) -> bool:
       0 < size < os.path.getsize(path) - 8 and head[8:] == b'{')
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Reads a .safetensors file (a JSON header of dtypes, shapes and byte ranges, checked
-  against the file by the `safetensors` package; no code in the format to run)."""
-  try:
-    return dict(safetensors.numpy.load_file(path))
-  except (safetensors.SafetensorError, TypeError, ValueError, OSError) as error:
-    raise WeightFileError(f'{path}: not a readable safetensors file '
-                          f'({type(error).__name__}: {error!s:.300}).') from error
-
-
 def _load(path: str) -> WeightFile:
+  # The name first: a safetensors file's data could end like a zip directory.
+  if _is_safetensors(path):
+    return WeightFile(timm_weights.load_safetensors(path))
   if not zipfile.is_zipfile(path):
-    if _is_safetensors(path):
-      return WeightFile(_load_safetensors(path))
     with open(path, 'rb') as f:
       return _load_legacy(path, BoundedReader(f, os.fstat(f.fileno()).st_size, path))
   with zipfile.ZipFile(path) as archive:
@@ -361,7 +351,8 @@ def read_weight_file(path: PathLike) -> WeightFile:
 
   A `torch.save` file may hold a training checkpoint rather than a bare state dict:
   the first of 'state_dict_ema', 'model_ema', 'state_dict' and 'model' it has is read
-  (timm's order: EMA weights first); its 'arch' (or args.model) is returned too.
+  (timm's order: EMA weights first); the model it records (args.model, else 'arch')
+  is returned too.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
