@@ -114,11 +114,6 @@ class FgvcAircraft(manual_files.OfficialBuilder):
                                   keep=_annotation_files(), what='FGVC-Aircraft')
     level = self.builder_config.name
     names, listed = read_annotations(tree, level)
-    self._set_class_names(names, tree.where(f'data/{LEVELS[level][0]}'))
-    for examples in listed.values():
-      self._check_listed(tree, examples)
     total = len({ex.image_id for s in ('trainval', 'test') for ex in listed[s]})
-    self._check_split_sizes({s: len(v) for s, v in listed.items()}, total,
-                            tree.where(f'data/images_{level}_trainval.txt'))
-    return {split: self._generate_examples(tree, examples)
-            for split, examples in listed.items()}
+    return self._checked_splits(tree, names, tree.where(f'data/{LEVELS[level][0]}'), listed,
+                                tree.where(f'data/images_{level}_trainval.txt'), total)

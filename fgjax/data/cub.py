@@ -38,13 +38,31 @@ def read_annotations(tree: manual_files.FileTree):
   names = [row['class_name'] for row in classes]
 
   images = manual_files.read_table(tree, 'images.txt', ('image_id', 'path'))
-  others = {
-      'image_class_labels.txt': ('image_id', 'class_id'),
-      'train_test_split.txt': ('image_id', 'is_training_image'),
-      'bounding_boxes.txt': ('image_id', 'x', 'y', 'width', 'height'),
-  }
+  tables = per_image_tables(tree, images)
+  listed = {'train': [], 'test': []}
+  for image_id, row in images.items():
+    label_row = tables['image_class_labels.txt'][image_id]
+    box, split = box_and_split(tables, image_id)
+    rel = f'images/{row["path"]}'
+    listed[split].append(manual_files.Listed(
+        rel=rel, file_name=rel, image_id=row.int('image_id'),
+        label=label_row.int('class_id', 1, len(names)) - 1,
+        box=box, source=f'{row.path} line {row.line}'))
+  return names, listed
+
+
+# The files of one line per image beside images.txt (CUB's layout, NABirds' too).
+PER_IMAGE_FILES = {
+    'image_class_labels.txt': ('image_id', 'class_id'),
+    'train_test_split.txt': ('image_id', 'is_training_image'),
+    'bounding_boxes.txt': ('image_id', 'x', 'y', 'width', 'height'),
+}
+
+
+def per_image_tables(tree: manual_files.FileTree, images: dict) -> dict:
+  """{file: {image_id: Row}} of PER_IMAGE_FILES: exactly one line per image of images.txt."""
   tables = {}
-  for rel, columns in others.items():
+  for rel, columns in PER_IMAGE_FILES.items():
     table = manual_files.read_table(tree, rel, columns)
     for image_id, row in table.items():
       if image_id not in images:
@@ -55,23 +73,19 @@ def read_annotations(tree: manual_files.FileTree):
             f'{tree.where(rel)} has no line for image_id {image_id} '
             f'({row.path} line {row.line}).')
     tables[rel] = table
+  return tables
 
-  listed = {'train': [], 'test': []}
-  for image_id, row in images.items():
-    label_row = tables['image_class_labels.txt'][image_id]
-    split_row = tables['train_test_split.txt'][image_id]
-    box_row = tables['bounding_boxes.txt'][image_id]
-    x, y = box_row.float('x'), box_row.float('y')
-    w, h = box_row.float('width'), box_row.float('height')
-    if w < 0 or h < 0:
-      raise box_row.error('width and height must not be negative')
-    rel = f'images/{row["path"]}'
-    split = 'train' if split_row.int('is_training_image', 0, 1) == 1 else 'test'
-    listed[split].append(manual_files.Listed(
-        rel=rel, file_name=rel, image_id=row.int('image_id'),
-        label=label_row.int('class_id', 1, len(names)) - 1,
-        box=(x, y, x + w, y + h), source=f'{row.path} line {row.line}'))
-  return names, listed
+
+def box_and_split(tables: dict, image_id: str):
+  """((x0, y0, x1, y1) pixels, 'train' or 'test') of an image, from per_image_tables."""
+  box_row = tables['bounding_boxes.txt'][image_id]
+  x, y = box_row.float('x'), box_row.float('y')
+  w, h = box_row.float('width'), box_row.float('height')
+  if w < 0 or h < 0:
+    raise box_row.error('width and height must not be negative')
+  split_row = tables['train_test_split.txt'][image_id]
+  split = 'train' if split_row.int('is_training_image', 0, 1) == 1 else 'test'
+  return (x, y, x + w, y + h), split
 
 
 class Cub2011(manual_files.OfficialBuilder):
@@ -104,10 +118,5 @@ class Cub2011(manual_files.OfficialBuilder):
     tree = manual_files.find_tree(dl_manager.manual_dir, FOLDER, ARCHIVES,
                                   keep=_ANNOTATIONS, what='CUB-200-2011')
     names, listed = read_annotations(tree)
-    self._set_class_names(names, tree.where('classes.txt'))
-    for examples in listed.values():
-      self._check_listed(tree, examples)
-    self._check_split_sizes({s: len(v) for s, v in listed.items()},
-                            sum(len(v) for v in listed.values()), tree.where('images.txt'))
-    return {split: self._generate_examples(tree, examples)
-            for split, examples in listed.items()}
+    return self._checked_splits(tree, names, tree.where('classes.txt'), listed,
+                                tree.where('images.txt'))

@@ -150,7 +150,8 @@ class OfficialBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   Subclasses read the annotation files in `_split_generators`, call
   `_set_class_names`, `_check_listed` and `_check_split_sizes`, then return
-  `self._generate_examples(tree, listed)` per split.
+  `self._generate_examples(tree, listed)` per split (`_checked_splits` does all of it
+  for a layout whose splits share one tree).
   """
 
   OFFICIAL_TOTAL = 0  # Images in the complete official layout.
@@ -221,6 +222,19 @@ class OfficialBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if not tree.exists(ex.rel):
         raise OfficialFilesError(
             f'{ex.source}: lists {ex.file_name}, but {tree.where(ex.rel)} does not exist.')
+
+  def _checked_splits(self, tree: FileTree, names: Sequence[str], names_where: str,
+                      listed: dict, sizes_where: str, total: int | None = None) -> dict:
+    """Sets the class names, checks every listed image and the split sizes (`total`:
+    images in all splits, by default the listed ones), and returns the generators of
+    the splits {split: [Listed]}, whose files are all in `tree`."""
+    self._set_class_names(names, names_where)
+    for examples in listed.values():
+      self._check_listed(tree, examples)
+    total = sum(len(v) for v in listed.values()) if total is None else total
+    self._check_split_sizes({s: len(v) for s, v in listed.items()}, total, sizes_where)
+    return {split: self._generate_examples(tree, examples)
+            for split, examples in listed.items()}
 
   def _check_split_sizes(self, sizes: dict[str, int], total: int, where: str):
     """Official split sizes are required when the layout holds the complete set.

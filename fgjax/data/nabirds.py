@@ -25,34 +25,12 @@ Our readings where the files leave room:
 
 import tensorflow_datasets as tfds
 
+from fgjax.data import cub
 from fgjax.data import manual_files
 
 FOLDER = 'nabirds'
 ARCHIVES = ('nabirds.tar.gz', 'nabirds.tgz', 'nabirds.tar')
-_ANNOTATIONS = ('images.txt', 'image_class_labels.txt', 'train_test_split.txt',
-                'classes.txt', 'bounding_boxes.txt')
-_PER_IMAGE = {
-    'image_class_labels.txt': ('image_id', 'class_id'),
-    'train_test_split.txt': ('image_id', 'is_training_image'),
-    'bounding_boxes.txt': ('image_id', 'x', 'y', 'width', 'height'),
-}
-
-
-def _per_image_tables(tree: manual_files.FileTree, images: dict) -> dict:
-  """{file: {image_id: Row}} for the files of _PER_IMAGE: one line per image of images.txt."""
-  tables = {}
-  for rel, columns in _PER_IMAGE.items():
-    table = manual_files.read_table(tree, rel, columns)
-    for image_id, row in table.items():
-      if image_id not in images:
-        raise row.error(f'image_id {image_id} is not in images.txt')
-    for image_id, row in images.items():
-      if image_id not in table:
-        raise manual_files.OfficialFilesError(
-            f'{tree.where(rel)} has no line for image_id {image_id} '
-            f'({row.path} line {row.line}).')
-    tables[rel] = table
-  return tables
+_ANNOTATIONS = ('images.txt', 'classes.txt', *cub.PER_IMAGE_FILES)  # CUB's file set.
 
 
 def _leaf_classes(tree: manual_files.FileTree, label_rows) -> tuple[list[str], dict[int, int]]:
@@ -82,23 +60,17 @@ def read_annotations(tree: manual_files.FileTree):
     (class_names, {'train': [Listed], 'test': [Listed]}).
   """
   images = manual_files.read_table(tree, 'images.txt', ('image_id', 'path'))
-  tables = _per_image_tables(tree, images)
+  tables = cub.per_image_tables(tree, images)
   labels = tables['image_class_labels.txt']
   names, label_of = _leaf_classes(tree, labels.values())
   listed = {'train': [], 'test': []}
   for image_id, row in images.items():
-    box_row = tables['bounding_boxes.txt'][image_id]
-    x, y = box_row.float('x'), box_row.float('y')
-    w, h = box_row.float('width'), box_row.float('height')
-    if w < 0 or h < 0:
-      raise box_row.error('width and height must not be negative')
-    split_row = tables['train_test_split.txt'][image_id]
-    split = 'train' if split_row.int('is_training_image', 0, 1) == 1 else 'test'
+    box, split = cub.box_and_split(tables, image_id)
     rel = f'images/{row["path"]}'
     listed[split].append(manual_files.Listed(
         rel=rel, file_name=rel, image_id=row.line,
         label=label_of[labels[image_id].int('class_id')],
-        box=(x, y, x + w, y + h), source=f'{row.path} line {row.line}'))
+        box=box, source=f'{row.path} line {row.line}'))
   return names, listed
 
 
@@ -134,10 +106,5 @@ class NABirds(manual_files.OfficialBuilder):
     tree = manual_files.find_tree(dl_manager.manual_dir, FOLDER, ARCHIVES,
                                   keep=_ANNOTATIONS, what='NABirds')
     names, listed = read_annotations(tree)
-    self._set_class_names(names, tree.where('classes.txt'))
-    for examples in listed.values():
-      self._check_listed(tree, examples)
-    self._check_split_sizes({s: len(v) for s, v in listed.items()},
-                            sum(len(v) for v in listed.values()), tree.where('images.txt'))
-    return {split: self._generate_examples(tree, examples)
-            for split, examples in listed.items()}
+    return self._checked_splits(tree, names, tree.where('classes.txt'), listed,
+                                tree.where('images.txt'))
