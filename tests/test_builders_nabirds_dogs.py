@@ -15,16 +15,9 @@ from fgjax.data import dogs
 from fgjax.data import manual_files
 from fgjax.data import nabirds
 from fgjax.data import registry
-from test_builders import _edit, assert_matches, read_split
+from test_builders import _edit, assert_matches, dirs, read_split  # pylint: disable=unused-import
 
 Error = manual_files.OfficialFilesError
-
-
-@pytest.fixture
-def dirs(tmp_path):
-  manual = tmp_path / 'manual'
-  manual.mkdir()
-  return str(manual), str(tmp_path / 'tfds')
 
 
 def _sizes(expected):
