@@ -138,7 +138,8 @@ def test_data_name_is_a_built_in_or_a_folder_data_set_name():
 
 
 def test_data_name_empty_or_folder_says_what_to_give():
-  with pytest.raises(ValueError, match=r'^config\.data\.name is empty: .*--config\.data\.name=NAME'):
+  with pytest.raises(ValueError,
+                     match=r'^config\.data\.name is empty: .*--config\.data\.name=NAME'):
     config_lib.validate(_config({'data.name': ''}))
   with pytest.raises(ValueError, match=r"^config\.data\.name='folder' is not a data set name: "
                      r"'folder' is the --dataset of launch/prepare_data\.py"):

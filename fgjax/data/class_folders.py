@@ -31,11 +31,12 @@ DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
 SPLITS = ('train', 'test')
 LAYOUT_HELP = f"""\
-  DIR/<class>/*.jpg         one tree, split per class into train and test by
-                            --test_fraction (default {DEFAULT_TEST_FRACTION}) and --split_seed (default {DEFAULT_SPLIT_SEED}); or
+  DIR/<class>/*.jpg         one tree, split per class into train and test by --test_fraction
+                            (default {DEFAULT_TEST_FRACTION}) and --split_seed (default {DEFAULT_SPLIT_SEED}); or
   DIR/train/<class>/*.jpg   already split: the same class folders in both.
   DIR/test/<class>/*.jpg
-Class names are the folder names, sorted. Images: {', '.join(IMAGE_EXTENSIONS)} (any case).
+Class names are the folder names, sorted. Images: files ending in
+{', '.join(IMAGE_EXTENSIONS)} (any case).
 """
 
 

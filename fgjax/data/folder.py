@@ -29,8 +29,8 @@ import tensorflow_datasets as tfds
 from fgjax.data import common
 from fgjax.data import manual_files
 from fgjax.data import registry
-# Re-exported: the command line and the tests reach the listing through this module.
-from fgjax.data.class_folders import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION  # pylint: disable=unused-import
+# Re-exported: the tests and notebooks reach the listing through this module.
+from fgjax.data.class_folders import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION
 from fgjax.data.class_folders import FolderDataError, LAYOUT_HELP, SPLITS
 from fgjax.data.class_folders import check_split_options, list_source, some, split_one_tree
 
