@@ -1,15 +1,18 @@
-"""Pictures of what a model looks at: its regions outlined on the input image, and beside
+"""Pictures of what a model looks at: its regions outlined on the input image, beside
 them the maps it ranks regions by (fgjax.heatmaps) and SSANet's orientation and scale
-choices as bars.
+choices as bars; and regions outlined on the user's own image, in its pixels.
 
-Kept apart from inference so that training (region pictures for TensorBoard) and
-the inference commands draw the same way.
+Kept apart from inference so that training (region pictures for TensorBoard,
+`draw_regions`) and the inference commands draw the same way.
 
-A ranking figure (`draw_ranking_figure`) is a caption strip over a row of titled panels,
-each the model input at `display_scale` (an integer, nearest-neighbour, so that every
-input pixel stays a visible block):
+A ranking figure (`draw_ranking_figure`) is a caption strip (the predicted class and its
+probability) over a row of titled panels, each the model input itself (not a thumbnail of
+the original) at `display_scale`, an integer upscaling with nearest-neighbour sampling so
+that every input pixel stays a visible block:
 
-  | image + boxes | heat map overlay(s) | bars (SSANet) |
+  | input + regions | heat map overlay(s) | bars (SSANet) |
+
+Regions are outlined top-1 first in red, green, blue, yellow, magenta, cyan.
 """
 
 import numpy as np
@@ -39,15 +42,38 @@ def _upscaled(image_uint8: np.ndarray, scale: int) -> PIL.Image.Image:
 
 
 def outline_regions(img: PIL.Image.Image, boxes, scale: int, width: int = 2) -> None:
-  """Outlines boxes (y0, x0, y1, x1 in input pixels), top-1 first, on `img` (the input at
-  `scale`). A box reaching into the zero padding is drawn clipped to the image, the part
-  the model saw image in."""
+  """Outlines boxes (y0, x0, y1, x1 in input pixels) on `img` (the input at `scale`), each
+  inside its box: box [y0, y1) covers picture rows y0 * scale .. y1 * scale - 1, and its
+  outline is the outer `width` of them. Drawn last to first, so that the top-1 box lies on
+  top where outlines cross. A box reaching into the zero padding is drawn clipped to the
+  image, the part the model saw image in."""
+  boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, np.float64)
   draw = PIL.ImageDraw.Draw(img)
   right, bottom = img.size[0] - 1, img.size[1] - 1
-  for i, (y0, x0, y1, x1) in enumerate([] if boxes is None else np.asarray(boxes)):
-    corners = [min(max(x0 * scale, 0), right), min(max(y0 * scale, 0), bottom),
-               min(max(x1 * scale, 0), right), min(max(y1 * scale, 0), bottom)]
+  for i in reversed(range(len(boxes))):
+    y0, x0, y1, x1 = np.round(boxes[i] * scale).astype(int)
+    corners = [min(max(x0, 0), right), min(max(y0, 0), bottom),
+               min(max(x1 - 1, 0), right), min(max(y1 - 1, 0), bottom)]
     draw.rectangle(corners, outline=REGION_COLOURS[i % len(REGION_COLOURS)], width=width)
+
+
+def draw_regions_on_original(image, boxes_xyxy, width: int | None = None) -> PIL.Image.Image:
+  """An RGB copy of the user's own image (PIL, or a uint8 array [H, W(, C)]) with regions
+  in its pixels (x0, y0, x1, y1: Run.predict_images' boxes_original, or a prediction row's
+  'regions_original_xyxy') outlined inside each box, top-1 on top. `width`: the outline's,
+  None for about 1/150 of the shorter side."""
+  img = (image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(
+      np.asarray(image, np.uint8).squeeze())).convert('RGB')
+  width = width or max(2, round(min(img.size) / 150))
+  draw = PIL.ImageDraw.Draw(img)
+  boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+  for i in reversed(range(len(boxes))):
+    x0, y0, x1, y1 = boxes[i]
+    # Continuous [x0, x1) covers pixel columns floor(x0) .. ceil(x1) - 1.
+    corners = [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)) - 1, int(np.ceil(y1)) - 1]
+    if corners[2] >= corners[0] and corners[3] >= corners[1]:
+      draw.rectangle(corners, outline=REGION_COLOURS[i % len(REGION_COLOURS)], width=width)
+  return img
 
 
 def draw_regions(image_uint8: np.ndarray, boxes, caption: str, scale: int = 2) -> PIL.Image.Image:

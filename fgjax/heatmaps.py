@@ -40,15 +40,19 @@ def _pixel_overlaps(lo: np.ndarray, hi: np.ndarray, extent: int) -> np.ndarray:
 
 
 def anchor_score_map(scores, anchors, image_hw) -> np.ndarray:
-  """Anchor scores spread over their boxes: the mean score of the anchors covering a pixel.
+  """Anchor scores summed onto the image over their boxes, per pixel divided by how much
+  box covers it: the mean score of the anchors covering a pixel.
 
       map[p, q] = sum_a s_a |a ∩ pixel(p, q)| / sum_a |a ∩ pixel(p, q)|
 
   For integral boxes |a ∩ pixel| is 0 or 1, so a pixel gets the plain mean of the scores of
-  the boxes containing it. Dividing by the coverage keeps the anchor layout out of the map
-  (equal scores give a flat map, although central pixels lie in more boxes than border
-  ones); a pixel that no box covers is NaN (NTS-Net's 'feature' grid leaves gaps on small
-  inputs, fgjax.ops.anchors). The parts of boxes outside the image are dropped.
+  the boxes containing it. Why not the plain sum: central pixels lie in several times more
+  anchors than border ones, so the sum would draw the anchor layout (equal scores would
+  make a bright centre), and navigator scores are logits of either sign, so more coverage
+  could darken a pixel as well as brighten it; divided by the coverage, equal scores give
+  a flat map and only the scores shape it. A pixel that no box covers is NaN (NTS-Net's
+  'feature' grid leaves gaps on small inputs, fgjax.ops.anchors). The parts of boxes
+  outside the image are dropped.
 
   Args:
     scores: [A] one image's anchor scores.

@@ -1,34 +1,45 @@
-"""Load a trained run and use it: predict files, draw the mined regions.
+"""Load a trained run and use it: predict on images, draw what the model looks at.
 
 (Evaluating a run over a whole split: fgjax.evaluation.)
 
-Everything here works from a run's workdir alone (config.json + checkpoints),
-so a notebook can do:
+Everything here works from a run's workdir alone (config.json + checkpoints). From a
+notebook, on PIL images or uint8 arrays of any size (grayscale and RGBA converted as
+evaluation converts them), or image paths, each preprocessed exactly as evaluation does
+(fgjax.input_images):
 
+  from fgjax import drawing, inference
   run = inference.load_run('runs/cub_fdl')
-  probs, boxes = run.predict(inference.load_images(['bird.jpg'], run.spec))
+  photos = [PIL.Image.open('bird1.jpg'), PIL.Image.open('bird2.png')]
+  pred = run.predict_images(photos, top_k=3)
+  print([names[0] for names in pred.top_k_names])      # top-1 class names
+  pred.boxes_original[0]       # [m, 4] regions (x0, y0, x1, y1) in bird1.jpg's pixels
+  drawing.draw_regions_on_original(photos[0], pred.boxes_original[0]).save('regions.png')
+  run.draw_images(photos)[0].save('figure.png')        # input, regions, heat maps
+
+Files from the command line (launch/predict.py, launch/visualize.py): `predict_files`,
+`iter_predictions` (one row per file, a bad file a row with its error), `visualize_files`.
 """
 
 import dataclasses
 import functools
 import glob
-import io
 import os
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import PIL.Image
 
 from fgjax import checkpoint
 from fgjax import config_lib
 from fgjax import drawing
 from fgjax import heatmaps
+from fgjax import input_images
 from fgjax import train
 from fgjax import train_step as ts
 from fgjax.data import pipeline
 from fgjax.data import registry
+
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (its workdir's config.json), validated."""
@@ -82,6 +93,53 @@ class Run:
     out = self.predict_outputs(images_uint8, batch_size)
     return out['probs'], out.get('boxes')
 
+  def predict_loaded(self, loaded: input_images.LoadedImages, top_k: int = 5,
+                     batch_size: int = 32) -> 'Predictions':
+    """Predictions for images read by input_images.read_images (its readable ones)."""
+    out = self.predict_outputs(loaded.images, batch_size)
+    order = np.argsort(-out['probs'], axis=1, kind='stable')[:, :top_k]
+    boxes = out.get('boxes')
+    original = None if boxes is None else np.stack([
+        input_images.boxes_to_original(b, self.spec, span, size)
+        for b, span, size in zip(boxes, loaded.span_hw, loaded.original_hw)])
+    return Predictions(
+        names=list(loaded.names), inputs=loaded.images, probs=out['probs'], top_k=order,
+        top_k_names=[[self.class_names[c] for c in row] for row in order],
+        original_hw=loaded.original_hw, boxes_input=boxes, boxes_original=original,
+        box_valid=out.get('box_valid'))
+
+  def predict_images(self, images, top_k: int = 5, batch_size: int = 32) -> 'Predictions':
+    """Predictions for PIL images, uint8 arrays [H, W(, 1|3|4)] of any size, or image
+    paths, each preprocessed exactly as evaluation does (fgjax.input_images); an image
+    that cannot be read is an error naming it."""
+    return self.predict_loaded(input_images.load_images(images, self.spec), top_k, batch_size)
+
+  def draw_images(self, images, batch_size: int = 32) -> list:
+    """PIL figures (draw_figures: the model input with its regions, the heat maps it ranks
+    regions by, SSANet's choices) of images as predict_images takes them."""
+    loaded = input_images.load_images(images, self.spec)
+    return [figure for start in range(0, len(loaded.images), batch_size)
+            for figure in draw_figures(self, loaded.images[start:start + batch_size])]
+
+
+@dataclasses.dataclass
+class Predictions:
+  """Run.predict_images' answer for N images; the region fields are None for a model
+  without regions (resnet), else m regions per image, top-1 first."""
+  names: list[str]  # [N] each image's path, or 'images[i]' for one given in memory.
+  inputs: np.ndarray  # uint8 [N, S, S, 3]: what the model saw.
+  probs: np.ndarray  # float32 [N, C]: softmax probabilities.
+  top_k: np.ndarray  # int [N, k]: the k most probable classes, most probable first.
+  top_k_names: list[list[str]]  # [N][k] their names.
+  original_hw: np.ndarray  # int [N, 2]: each image's (height, width).
+  # float [N, m, 4] (y0, x0, y1, x1) in model-input pixels, as the model chose them (they
+  # may reach into the zero padding around the input).
+  boxes_input: np.ndarray | None
+  # float64 [N, m, 4] (x0, y0, x1, y1) in the original image's pixels, clipped to it
+  # (input_images.boxes_to_original): for cropping or drawing on the user's own image.
+  boxes_original: np.ndarray | None
+  box_valid: np.ndarray | None  # bool [N, m]: False where NMS ran out of distinct boxes.
+
 
 def load_run(workdir: str, which: str = 'best') -> Run:
   """Restores the 'best' (highest eval accuracy) or 'latest' checkpoint of a run."""
@@ -116,137 +174,39 @@ def with_navigator_guide(run: Run, guide: str) -> Run:
   return dataclasses.replace(run, config=config, model=run.model.clone(navigator_guide=guide))
 
 
-@dataclasses.dataclass
-class LoadedImages:
-  """Image files decoded as evaluation decodes them, and the files that could not be."""
-  images: np.ndarray  # uint8 [N, S, S, 3]: the readable files, in the order given.
-  paths: list[str]  # [N] their paths.
-  positions: list[int]  # [N] their indices in the list of paths given.
-  original_hw: np.ndarray  # int [N, 2]: each image's (height, width) in pixels.
-  span_hw: np.ndarray  # float [N, 2]: the part of it evaluation resizes (original_extent).
-  skipped: list[tuple[str, str]]  # (path, why) of each file that could not be read.
-
-
-def original_extent(data: bytes, resize_size: int, crop_bottom: int = 0):
-  """(size (H, W), span (H, W)) of an encoded image: its size in pixels, and the extent, in
-  its pixels from the top-left corner, that evaluation resizes to `resize_size` square
-  (pipeline.decode_resize_crop): the image less its `crop_bottom` banner rows. A JPEG over
-  twice `resize_size` is decoded at 1/2, 1/4 or 1/8 scale (PIL's draft, as the pipeline
-  does), and its last decoded column and row cover up to scale - 1 pixels past the image:
-  the span is then the decoded size times the scale."""
-  with PIL.Image.open(io.BytesIO(data)) as img:
-    width, height = img.size
-    drafted = img.draft('RGB', (resize_size, resize_size + crop_bottom))
-    scale = 1 if drafted is None else round(width / drafted[1][2])
-    decoded_w, decoded_h = img.size
-  rows = int(round(crop_bottom * decoded_h / height)) if crop_bottom else 0
-  return (height, width), ((decoded_h - rows) * scale, decoded_w * scale)
-
-
-def _read_image(path: str, transform, resize_size: int):
-  """(model input uint8 [S, S, 3], size (H, W), span (H, W)); ValueError saying why not."""
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise ValueError(f'cannot read the file ({type(e).__name__}: {e.strerror or e})') from e
-  try:
-    image = transform({'image': data, 'label': 0, 'crop_bottom': 0})['image']
-    size, span = original_extent(data, resize_size)
-  except Exception as e:  # PIL raises many types for broken files.
-    raise ValueError(f'cannot decode the image ({type(e).__name__}: {e})') from e
-  return image, size, span
-
-
-def read_images(paths, spec: pipeline.ImageSpec) -> LoadedImages:
-  """Image files -> LoadedImages, preprocessed exactly as evaluation does; an unreadable,
-  truncated or non-image file is left out and listed in `skipped` with the reason."""
-  transform = pipeline.eval_transform(spec)
-  images, kept, positions, sizes, spans, skipped = [], [], [], [], [], []
-  for position, path in enumerate(paths):
-    try:
-      image, size, span = _read_image(path, transform, spec.resize_size)
-    except ValueError as e:
-      skipped.append((path, str(e)))
-      continue
-    images.append(image)
-    kept.append(path)
-    positions.append(position)
-    sizes.append(size)
-    spans.append(span)
-  empty = np.zeros((0, spec.image_size, spec.image_size, 3), np.uint8)
-  return LoadedImages(np.stack(images) if images else empty, kept, positions,
-                      np.array(sizes, np.int64).reshape(-1, 2),
-                      np.array(spans, np.float64).reshape(-1, 2), skipped)
-
-
-def load_images(paths, spec: pipeline.ImageSpec) -> np.ndarray:
-  """Image files -> uint8 [N, S, S, 3], preprocessed exactly as evaluation does; a file
-  that cannot be read is an error naming it (read_images skips such files instead)."""
-  loaded = read_images(paths, spec)
-  if loaded.skipped:
-    path, why = loaded.skipped[0]
-    raise ValueError(f'{path}: {why}.')
-  return loaded.images
-
-
-def boxes_to_original(boxes, spec: pipeline.ImageSpec, span_hw, original_hw=None) -> np.ndarray:
-  """Regions in model-input pixels -> the same regions in the original image's pixels.
-
-  Evaluation resizes the image's span (original_extent) to resize_size square, then keeps
-  the centre image_size square, from o = (resize_size - image_size) // 2
-  (pipeline.eval_transform). Both are linear in continuous pixel coordinates (pixel p
-  spans [p, p + 1), as boxes and crops read them), so model-input coordinate u lies at
-
-      y = (o + u) * span_h / resize_size,   x = (o + u) * span_w / resize_size
-
-  in the original. Boxes are first clipped to the model input [0, image_size], since past
-  it the model saw zero padding, not the image (region boxes may reach up to the padding
-  into it, fgjax.ops.crop.zoom_into_regions), then mapped, then clipped to the image.
-
-  Args:
-    boxes: [..., 4] (y0, x0, y1, x1) in model-input pixels.
-    spec: the run's ImageSpec.
-    span_hw: (H, W) span of the image (original_extent).
-    original_hw: (H, W) of the image to clip to; None for the span.
-
-  Returns:
-    float64 [..., 4] (x0, y0, x1, y1): x first, in original pixels.
-  """
-  boxes = np.clip(np.asarray(boxes, np.float64), 0.0, spec.image_size)
-  offset = (spec.resize_size - spec.image_size) // 2
-  span_h, span_w = (float(v) for v in span_hw)
-  height, width = (float(v) for v in (span_hw if original_hw is None else original_hw))
-  y = np.clip((offset + boxes[..., 0::2]) * span_h / spec.resize_size, 0.0, height)
-  x = np.clip((offset + boxes[..., 1::2]) * span_w / spec.resize_size, 0.0, width)
-  return np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
-
-
 def expand_paths(spec: str) -> list[str]:
-  """Comma-separated paths/globs -> sorted files; a pattern with no match is an error."""
+  """Comma-separated paths and globs -> files, each glob's matches sorted. A plain path is
+  kept even if it does not exist (reading it then reports why, and the others go on); a
+  glob that matches nothing is an error (most likely a mistyped pattern)."""
   paths = []
   for part in filter(None, (p.strip() for p in spec.split(','))):
-    matches = sorted(glob.glob(os.path.expanduser(part)))
+    part = os.path.expanduser(part)
+    if not glob.has_magic(part):
+      paths.append(part)
+      continue
+    matches = sorted(glob.glob(part))
     if not matches:
       raise FileNotFoundError(f'No file matches {part!r}.')
     paths.extend(matches)
   return paths
 
 
-def _prediction_row(run: Run, path: str, out: dict, i: int, top_k: int, size, span) -> dict:
-  """predict_files' row for image i of the outputs `out` of Run.predict_outputs."""
-  probs = out['probs'][i]
-  order = np.argsort(-probs)[:top_k]
-  row = {'file': path,
-         'top_k': [{'class': int(c), 'name': run.class_names[c], 'prob': float(probs[c])}
-                   for c in order],
-         'original_size_hw': [int(v) for v in size], 'input_size': run.spec.image_size}
-  if 'boxes' in out:
-    boxes = np.asarray(out['boxes'][i], np.float64)
-    row['regions_input_yxyx'] = boxes.round(1).tolist()
-    row['regions_original_xyxy'] = boxes_to_original(boxes, run.spec, span, size).round(1).tolist()
-  if 'box_valid' in out:
-    row['regions_valid'] = [bool(v) for v in out['box_valid'][i]]
+def _round(values) -> list:
+  return np.round(np.asarray(values, np.float64), 1).tolist()
+
+
+def prediction_row(pred: Predictions, i: int) -> dict:
+  """predict_files' row (its docstring) of image i of `pred`."""
+  row = {'file': pred.names[i],
+         'top_k': [{'class': int(c), 'name': name, 'prob': float(pred.probs[i, c])}
+                   for c, name in zip(pred.top_k[i], pred.top_k_names[i])],
+         'original_size_hw': [int(v) for v in pred.original_hw[i]],
+         'input_size': int(pred.inputs.shape[1])}
+  if pred.boxes_input is not None:
+    row['regions_input_yxyx'] = _round(pred.boxes_input[i])
+    row['regions_original_xyxy'] = _round(pred.boxes_original[i])
+  if pred.box_valid is not None:
+    row['regions_valid'] = [bool(v) for v in pred.box_valid[i]]
   return row
 
 
@@ -256,26 +216,34 @@ def iter_predictions(run: Run, paths, top_k: int = 5, batch_size: int = 32):
   paths = list(paths)
   for start in range(0, len(paths), batch_size):
     chunk = paths[start:start + batch_size]
-    loaded = read_images(chunk, run.spec)
+    loaded = input_images.read_images(chunk, run.spec)
     rows = [None] * len(chunk)
-    failed = sorted(set(range(len(chunk))) - set(loaded.positions))
+    failed = sorted(set(range(len(chunk))) - set(loaded.positions))  # skipped's order.
     for position, (path, why) in zip(failed, loaded.skipped):
       rows[position] = {'file': path, 'error': why}
-    if loaded.paths:
-      out = run.predict_outputs(loaded.images, batch_size)
-      for i, (position, path) in enumerate(zip(loaded.positions, loaded.paths)):
-        rows[position] = _prediction_row(run, path, out, i, top_k, loaded.original_hw[i],
-                                         loaded.span_hw[i])
+    if loaded.names:
+      pred = run.predict_loaded(loaded, top_k, batch_size)
+      for i, position in enumerate(loaded.positions):
+        rows[position] = prediction_row(pred, i)
     yield from rows
 
 
 def predict_files(run: Run, paths, top_k: int = 5) -> list[dict]:
-  """One dict per file, in order. A readable image's: 'file', 'top_k' (top-k {'class',
-  'name', 'prob'}), 'original_size_hw' [H, W], 'input_size' S and, for region models,
-  'regions_input_yxyx' [m, 4] (y0, x0, y1, x1 in model-input pixels, as the model chose
-  them: they may reach into the zero padding), 'regions_original_xyxy' [m, 4] (x0, y0, x1,
-  y1 in the image's pixels, clipped: boxes_to_original) and 'regions_valid' [m]. A file
-  that could not be read: {'file', 'error'} (the reason); the others are still predicted.
+  """One dict per file, in order. A readable image's:
+
+    'file': its path;
+    'top_k': the top-k classes, most probable first, each {'class', 'name', 'prob'};
+    'original_size_hw': [H, W] of the image in pixels;
+    'input_size': S, the side of the model input;
+  and for region models (nts, fdl, ssanet, scrim), m regions, top-1 first:
+    'regions_input_yxyx': [m, 4] (y0, x0, y1, x1) in model-input pixels, as the model
+      chose them (they may reach into the zero padding around the input);
+    'regions_original_xyxy': [m, 4] (x0, y0, x1, y1) in the image's own pixels, clipped
+      to it (input_images.boxes_to_original);
+    'regions_valid': [m] False where NMS ran out of distinct boxes (a repeated one).
+  Coordinates are continuous (pixel p spans [p, p + 1)), rounded to 0.1 px. A file that
+  could not be read (missing, truncated, not an image) is {'file', 'error'} with the
+  reason; the others are still predicted.
   """
   return list(iter_predictions(run, paths, top_k))
 
@@ -317,11 +285,11 @@ def visualize_files(run: Run, paths, out_dir: str, batch_size: int = 32) -> list
   with a warning naming it and the reason."""
   paths, written = list(paths), []
   for start in range(0, len(paths), batch_size):
-    loaded = read_images(paths[start:start + batch_size], run.spec)
+    loaded = input_images.read_images(paths[start:start + batch_size], run.spec)
     for path, why in loaded.skipped:
       logging.warning('Skipped %s: %s', path, why)
-    if loaded.paths:
-      written += _save_drawings(run, loaded.images, loaded.paths, out_dir,
+    if loaded.names:
+      written += _save_drawings(run, loaded.images, loaded.names, out_dir,
                                 numbers=[start + p for p in loaded.positions])
   return written
 

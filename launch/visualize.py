@@ -1,10 +1,29 @@
-r"""Draws each image's predicted class and mined regions into PNG files.
+r"""Draws, for each image, what the model predicts and what it ranks its regions by.
 
-  python launch/visualize.py --workdir=runs/cub_fdl --images='photos/*.jpg' --out_dir=viz
+  python launch/visualize.py --workdir=runs/cub_fdl --out_dir=viz [--images='photos/*.jpg']
 
-Regions are drawn top-1 first in red, green, blue, yellow (FDL's figure 2);
-the plain ResNet has no regions, so only its prediction is written.
-Without --images, the first --num_examples images of the eval split are used.
+One PNG per image, <index>_<name>.png (fgjax.drawing.draw_ranking_figure): a caption
+strip with the predicted class and its probability (and the true class for eval-split
+images), over a row of panels, each the model input itself at its own resolution scaled
+up by an integer factor (nearest neighbour, every input pixel a visible block; 7x for a
+64-px input, 2x for 224, 1x from 225 px), not a thumbnail of the original:
+
+  1. the input with the model's regions outlined, top-1 first in red, green, blue,
+     yellow, magenta, cyan (FDL's figure 2); resnet has none;
+  2. the map the method ranks candidate regions by, as a heat map over the input
+     (dark: low, bright yellow: high; fgjax.heatmaps):
+       fdl     its smoothed class-activation attention M, read on the input as its box
+               scores read it;
+       nts,    the scores NMS ordered the anchors by (the navigator's, plus the navigator
+       ssanet  guide's prior when it is on), spread over the anchors' boxes: each pixel
+               the mean score of the anchors covering it (uncovered pixels dimmed);
+       scrim   the same, one panel per FPL (navigator + CPL prior), the last stage's first;
+       resnet  none;
+  3. ssanet only: its choices for this image as bars: the oriented-pooling gate over its
+     angles and the scale-shift probabilities of its scale mining.
+
+Without --images, the first --num_examples images of the eval split are drawn. A file
+that cannot be read is skipped with a warning naming it.
 """
 
 from absl import app

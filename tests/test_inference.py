@@ -3,19 +3,19 @@
 import collections
 import dataclasses
 import io
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 import PIL.Image
+import PIL.ImageColor
 import pytest
 
 from fgjax import drawing
+from fgjax import evaluation
 from fgjax import inference
+from fgjax import input_images
 from fgjax import localization
 from fgjax import train
 from fgjax import train_step as ts
@@ -76,6 +76,20 @@ def _softmax(logits):
   return e / e.sum(-1, keepdims=True)
 
 
+def _original_xyxy(boxes_yxyx, spec, span_hw, size_hw):
+  """The test's own mapping: input u -> (o + clip(u, 0, S)) * span / R, clipped to the
+  image, x first."""
+  offset = (spec.resize_size - spec.image_size) // 2
+  out = []
+  for y0, x0, y1, x1 in np.asarray(boxes_yxyx, np.float64):
+    def to_original(u, span, size):
+      return min(max((offset + min(max(u, 0.0), spec.image_size)) * span / spec.resize_size,
+                     0.0), size)
+    out.append([to_original(x0, span_hw[1], size_hw[1]), to_original(y0, span_hw[0], size_hw[0]),
+                to_original(x1, span_hw[1], size_hw[1]), to_original(y1, span_hw[0], size_hw[0])])
+  return np.array(out)
+
+
 def _holds(box, detail, inside=0.9) -> bool:
   """At least `inside` of the detail's area lies in the box; both (y0, x0, y1, x1)."""
   (by0, bx0, by1, bx1), (gy0, gx0, gy1, gx1) = box, detail
@@ -87,7 +101,7 @@ def test_evaluate_run_reproduces_training_eval(trained_run):
   # Same batch size as in training: at 32 px FDL's attention map is a single cell,
   # so every anchor ties and rounding noise of another batch size may pick others.
   workdir, result = trained_run
-  again = inference.evaluate_run(workdir, 'latest', batch_size=16)
+  again = evaluation.evaluate_run(workdir, 'latest', batch_size=16)
   assert again['count'] == NUM_TEST
   np.testing.assert_allclose(again['accuracy'], result['accuracy'])
   np.testing.assert_allclose(again['loss'], result['loss'], rtol=1e-5)
@@ -99,6 +113,25 @@ def test_evaluate_run_reproduces_training_eval(trained_run):
   for name, logits in [('accuracy', out['logits']), ('accuracy_image', out['image_logits']),
                        ('accuracy_region_top1', out['region_logits'][:, 0])]:
     assert again[name] == pytest.approx(np.mean(np.argmax(logits, -1) == np.array(labels))), name
+
+
+def _upscaled(image, scale):
+  return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
+def _outline_mask(boxes, side, scale, width=2):
+  """True on the outlines drawn inside each box [y0, y1) x [x0, x1) at `scale`, `width`
+  picture pixels thick, clipped to the picture."""
+  mask = np.zeros((side * scale, side * scale), bool)
+  for y0, x0, y1, x1 in np.clip(np.round(np.asarray(boxes) * scale).astype(int), 0,
+                                side * scale):
+    if y1 > y0 and x1 > x0:
+      region = np.zeros_like(mask)
+      region[y0:y1, x0:x1] = True
+      inner = np.zeros_like(mask)
+      inner[y0 + width:y1 - width, x0 + width:x1 - width] = True
+      mask |= region & ~inner
+  return mask
 
 
 @pytest.mark.parametrize('size', SIZES)
@@ -118,45 +151,123 @@ def test_predict_files_and_visualize(trained_run, tmp_path, size):
   inputs = _eval_inputs(encoded, pipeline.ImageSpec(*size))
   out = _apply(run.model, result['state'], inputs)
   for row, probs, boxes in zip(rows, _softmax(out['logits'].astype(np.float64)), out['boxes']):
-    top = np.argsort(-probs)[:3]
+    top = np.argsort(-probs, kind='stable')[:3]
     assert [t['class'] for t in row['top_k']] == top.tolist()
     assert [t['name'] for t in row['top_k']] == [demo.class_names()[c] for c in top]
     np.testing.assert_allclose([t['prob'] for t in row['top_k']], probs[top], rtol=1e-5)
-    np.testing.assert_allclose(row['regions'], boxes, atol=0.051)  # Rounded to 0.1 px.
+    np.testing.assert_allclose(row['regions_input_yxyx'], boxes, atol=0.051)  # 0.1 px.
   written = inference.visualize_files(run, paths, str(tmp_path / 'viz'))
   assert len(written) == len(paths)
+  scale = drawing.display_scale(size[0])
   for path, image, boxes in zip(written, inputs, out['boxes']):
-    # Below the caption bar: this image, twice the size, with this image's boxes.
-    want = np.asarray(drawing.draw_regions(image, boxes, ''))
+    # The first panel: this image, upscaled, wherever this image's boxes are not outlined
+    # (tests/test_heatmaps.py checks the outlines and the heat panels).
     with PIL.Image.open(path) as drawn:
-      np.testing.assert_array_equal(np.asarray(drawn.convert('RGB'))[13:], want[13:])
+      picture = np.asarray(drawn.convert('RGB'))
+    left, top = drawing.panel_origin(0, size[0] * scale)
+    panel = picture[top:top + size[0] * scale, left:left + size[0] * scale]
+    plain = ~_outline_mask(boxes, size[0], scale)
+    np.testing.assert_array_equal(panel[plain], _upscaled(image, scale)[plain])
   assert len(inference.visualize_eval_split(run, 2, str(tmp_path / 'viz2'))) == 2
 
 
-def test_missing_images_and_workdir_are_named(tmp_path):
-  with pytest.raises(FileNotFoundError, match='nothing-here'):
-    inference.expand_paths(str(tmp_path / 'nothing-here*.jpg'))
+def test_missing_workdir_and_unreadable_image_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='config.json'):
     inference.load_run(str(tmp_path))
   bad = tmp_path / 'bad.jpg'
   bad.write_bytes(b'not an image')
-  with pytest.raises(ValueError, match='bad.jpg'):
-    inference.load_images([str(bad)], inference.pipeline.ImageSpec(32, 36))
+  with pytest.raises(ValueError, match='bad.jpg: not an image'):
+    input_images.load_images([str(bad)], pipeline.ImageSpec(32, 36))
+  with pytest.raises(ValueError, match=r'images\[1\]: .*uint8'):
+    input_images.load_images([np.zeros((9, 9, 3), np.uint8), np.zeros((9, 9, 3))],
+                             pipeline.ImageSpec(32, 36))
+  with pytest.raises(ValueError, match=r'\[H, W, 1, 3 or 4\], got \(9, 9, 2\)'):
+    input_images.load_images([np.zeros((9, 9, 2), np.uint8)], pipeline.ImageSpec(32, 36))
 
 
-def test_predict_command_line(trained_run, tmp_path):
-  workdir, _ = trained_run
-  img, _, _ = next(demo.generate_split('test', 1))
-  PIL.Image.fromarray(img).save(tmp_path / 'x.png')
-  out = tmp_path / 'pred.jsonl'
-  proc = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'predict.py'),
-                         f'--workdir={workdir}', f'--images={tmp_path / "x.png"}',
-                         f'--output={out}', '--top_k=2'],
-                        capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'XLA_FLAGS': ''})
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  row = json.loads(out.read_text())
-  assert row['file'].endswith('x.png') and len(row['top_k']) == 2
+def _png_file(path, image) -> bytes:
+  """Saves a PIL image or array as PNG (TIFF for CMYK, which PNG cannot hold) with PIL's
+  defaults; returns the file's bytes."""
+  image = image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.squeeze(image))
+  image.save(path, format='TIFF' if image.mode == 'CMYK' else 'PNG')
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def _in_memory_images():
+  """PIL images and arrays of several sizes and modes, from demo scenes."""
+  scenes = [img for img, _, _ in demo.generate_split('test', 3)]
+  rgb = np.asarray(PIL.Image.fromarray(scenes[0]).resize((150, 90)))            # [90, 150, 3]
+  gray = np.asarray(PIL.Image.fromarray(scenes[1]).convert('L').resize((41, 77)))  # [77, 41]
+  alpha = np.random.default_rng(0).integers(0, 256, scenes[2].shape[:2], dtype=np.uint8)
+  return [rgb, gray, gray[..., None], np.dstack([scenes[2], alpha]),
+          PIL.Image.fromarray(scenes[0]), PIL.Image.fromarray(scenes[0]).convert('P'),
+          PIL.Image.fromarray(scenes[1]).convert('CMYK')]
+
+
+def test_in_memory_images_are_preprocessed_as_the_same_pixels_in_a_file(tmp_path):
+  spec = pipeline.ImageSpec(64, 72)
+  items = _in_memory_images()
+  # The reference: the same pixels written by PIL as files, each file's bytes through
+  # evaluation's transform.
+  encoded = [_png_file(str(tmp_path / f'{i}.img'), item) for i, item in enumerate(items)]
+  loaded = input_images.load_images(items, spec)
+  np.testing.assert_array_equal(loaded.images, _eval_inputs(encoded, spec))
+  sizes = [np.asarray(item).shape[:2] if isinstance(item, np.ndarray) else item.size[::-1]
+           for item in items]
+  np.testing.assert_array_equal(loaded.original_hw, sizes)
+  np.testing.assert_array_equal(loaded.span_hw, sizes)
+  assert loaded.names == [f'images[{i}]' for i in range(len(items))]
+  # A small JPEG's decoded pixels equal the file; a JPEG over twice resize_size is decoded
+  # at a reduced scale from the file (PIL's draft), so only its path gives that input.
+  scene = next(demo.generate_split('test', 1))[0]
+  for side, same in [(128, True), (600, False)]:
+    path = str(tmp_path / f'{side}.jpg')
+    PIL.Image.fromarray(scene).resize((side, side)).save(path, quality=90)
+    with PIL.Image.open(path) as img:
+      pixels = np.asarray(img.convert('RGB'))
+    from_file = _eval_inputs([open(path, 'rb').read()], spec)
+    from_pixels = input_images.load_images([pixels], spec).images
+    assert np.array_equal(from_pixels, from_file) == same, side
+    np.testing.assert_array_equal(input_images.load_images([path], spec).images, from_file)
+
+
+def test_predict_and_draw_pil_images_and_arrays(trained_run, tmp_path):
+  workdir, result = trained_run
+  run = _at_size(inference.load_run(workdir), *SIZES[1])
+  items = _in_memory_images()[:5]
+  pred = run.predict_images(items, top_k=3)
+  spec = pipeline.ImageSpec(*SIZES[1])
+  paths = [str(tmp_path / f'{i}.png') for i in range(len(items))]
+  inputs = _eval_inputs([_png_file(p, item) for p, item in zip(paths, items)], spec)
+  out = _apply(run.model, result['state'], inputs)
+  probs = _softmax(out['logits'].astype(np.float64))
+  np.testing.assert_array_equal(pred.inputs, inputs)
+  np.testing.assert_allclose(pred.probs, probs, rtol=1e-5, atol=1e-7)
+  top = np.argsort(-probs, axis=1, kind='stable')[:, :3]
+  np.testing.assert_array_equal(pred.top_k, top)
+  assert pred.top_k_names == [[demo.class_names()[c] for c in row] for row in top]
+  np.testing.assert_array_equal(pred.boxes_input, out['boxes'])
+  np.testing.assert_array_equal(pred.box_valid, out['box_valid'])
+  for i, item in enumerate(items):
+    size = np.asarray(item).shape[:2] if isinstance(item, np.ndarray) else item.size[::-1]
+    np.testing.assert_array_equal(pred.original_hw[i], size)
+    np.testing.assert_allclose(pred.boxes_original[i],
+                               _original_xyxy(out['boxes'][i], spec, size, size), atol=1e-9)
+  # The figures are those the command line draws for the same pixels in files.
+  figures = run.draw_images(items)
+  written = inference.visualize_files(run, paths, str(tmp_path / 'viz'))
+  assert len(figures) == len(written) == len(items)
+  for figure, path in zip(figures, written):
+    with PIL.Image.open(path) as drawn:
+      np.testing.assert_array_equal(np.asarray(figure), np.asarray(drawn.convert('RGB')))
+  # On the user's own image: the top-1 box's top edge is red at the box's pixels.
+  picture = np.asarray(drawing.draw_regions_on_original(items[0], pred.boxes_original[0], 1))
+  x0, y0, x1, y1 = pred.boxes_original[0, 0]
+  red = np.array(PIL.ImageColor.getrgb(drawing.REGION_COLOURS[0]))
+  columns = np.arange(int(np.floor(x0)), int(np.ceil(x1)))
+  np.testing.assert_array_equal(picture[int(np.floor(y0)), columns],
+                                np.tile(red, (len(columns), 1)))
 
 
 def test_demo_glyph_boxes_hold_the_class_pattern():
