@@ -400,3 +400,28 @@ def test_npz_fortran_order_and_public_names(tmp_path):
   np.testing.assert_array_equal(loaded['w'], value)
   assert loaded['w'].dtype == np.int16
   assert issubclass(pretrained.WeightFileError, ValueError)
+
+
+# ---------------------------------------------------------------------------
+# safetensors: the header's sizes are checked against the file before reading.
+# ---------------------------------------------------------------------------
+
+_HOSTILE_SAFETENSORS_HEADERS = {  # (header size field, header), what the refusal says.
+    'header_size_2_to_40': ((1 << 40, b'{}'), 'declare a header of 1099511627776 bytes'),
+    'tensor_of_14_gb': (
+        (None, b'{"w": {"dtype": "F32", "shape": [60000, 60000], "data_offsets": [0, 8]}}'),
+        "tensor 'w': shape (60000, 60000) of F32 needs 14400000000 bytes, but its "
+        'data_offsets [0, 8] hold 8'),
+    'offsets_past_the_end': (
+        (None, b'{"w": {"dtype": "F32", "shape": [1024], "data_offsets": [0, 4096]}}'),
+        "tensor 'w': its data_offsets [0, 4096] reach past the 8 bytes of data"),
+}
+
+
+@pytest.mark.parametrize('case', list(_HOSTILE_SAFETENSORS_HEADERS))
+def test_safetensors_header_beyond_the_file(tmp_path, case):
+  (size, header), expected = _HOSTILE_SAFETENSORS_HEADERS[case]
+  path = tmp_path / f'{case}.safetensors'
+  size = len(header) if size is None else size
+  path.write_bytes(struct.pack('<Q', size) + header + bytes(8))
+  _load_refused(path, expected)

@@ -3,10 +3,10 @@
 `RestrictedUnpickler` builds only what a state dict holds: an OrderedDict of `Tensor`s
 over `Storage`s (records, unchecked; fgjax.models.weight_file checks them against each
 other and the file), and the plain data around it in a training checkpoint (numbers,
-strings, lists, dicts, and `argparse.Namespace` as an inert `PickledObject`). Every
-other global is refused. It is Python's pure-Python unpickler over a `BoundedReader`,
-so that no size field of the file (a string's, a frame's, a memo index) makes it
-allocate more than the file holds.
+strings, lists, dicts, and `argparse.Namespace` or `torch.device` as an inert
+`PickledObject`). Every other global is refused. It is Python's pure-Python unpickler
+over a `BoundedReader`, so that no size field of the file (a string's, a frame's, a
+memo index) makes it allocate more than the file holds.
 """
 
 import collections
@@ -43,8 +43,8 @@ class Tensor(NamedTuple):
 
 
 class PickledObject:
-  """Stands in for an allowed object of plain data (`argparse.Namespace`): its pickled
-  arguments and state are kept as data; no code of the original class runs."""
+  """Stands in for an allowed object of plain data (`argparse.Namespace`, `torch.device`):
+  its pickled arguments and state are kept as data; no code of the original class runs."""
   args, state = (), None
 
   def __init__(self, *args):
@@ -55,8 +55,10 @@ class PickledObject:
 
 
 # What a training checkpoint holds besides tensors: timm's and torchvision's train.py
-# save their command line (`args`); torch.load(weights_only=True) allows it for timm.
-_PLAIN_OBJECTS = {('argparse', 'Namespace'): type('Namespace', (PickledObject,), {})}
+# save their command line (`args`), which may name a device; torch.load(weights_only=True)
+# allows both.
+_PLAIN_OBJECTS = {('argparse', 'Namespace'): type('Namespace', (PickledObject,), {}),
+                  ('torch', 'device'): type('device', (PickledObject,), {})}
 
 
 class BoundedReader:
@@ -93,8 +95,8 @@ def _refuse_bytearray8(unpickler):
 
 
 class RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
-  """Unpickles a state dict; any global but tensors, storages, OrderedDict and
-  argparse.Namespace (a `PickledObject`) is refused.
+  """Unpickles a state dict; any global but tensors, storages, OrderedDict,
+  argparse.Namespace and torch.device (`PickledObject`s) is refused.
 
   The pure-Python unpickler: the C one grows its memo to twice any index a pickle
   names (LONG_BINPUT 2**31: 32 GiB) before any check could run.
@@ -127,7 +129,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # pylint: disable=protected-acces
     raise WeightFileError(
         f'{self.path}: refusing to unpickle the global {module}.{name}: a state dict '
         'holds only tensors (torch._utils._rebuild_tensor_v2, torch.*Storage) and '
-        'collections.OrderedDict (a training checkpoint also argparse.Namespace).')
+        'collections.OrderedDict (a training checkpoint also argparse.Namespace and '
+        'torch.device).')
 
   def persistent_load(self, pid):
     # ('storage', storage type, key, location, numel[, view]); bytes from Python 2.
