@@ -219,6 +219,10 @@ LAYOUT_ERRORS = {
     'split_without_class': (lambda d: _write(d, {**_images('train/cat', 2, 1), 'test/a': b''}),
                             r'{d}/test holds no class folder; expected:'),
     'missing': (lambda d: None, r'The source folder {d} does not exist \(--manual_dir\)'),
+    'archive': (lambda d: _write(d.parent, {d.name: b'PK'}), r'The source {d} is a file '
+                r'\(--manual_dir\); expected a folder of class folders \(extract'),
+    'spaced_class': (lambda d: _one_tree(d, {'cat': 3, 'dog ': 3}), r"'{d}/dog ': a class folder "
+                     r'name must be one line, with no white space at its start or end'),
     'one_image_class': (lambda d: _one_tree(d, {'cat': 4, 'dog': 1}),
                         r'--test_fraction=0\.2 leaves 1 class\(es\) without a train or a test '
                         r'image .*\n  {d}/dog: 1 image\(s\), 0 to test, 1 to train\nTo fix: '

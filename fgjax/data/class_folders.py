@@ -90,8 +90,11 @@ class _Lister:
       if entry.name.startswith('.'):
         self.ignored.append(self.rel(entry.path) + ('/' if entry.is_dir() else ''))
       elif entry.is_dir():
-        if '\n' in entry.name or '\r' in entry.name:  # Class names are stored one a line.
-          raise FolderDataError(f'{entry.path!r}: a class folder name must be one line.')
+        # TFDS stores the class names one a line and strips them when it reads them back.
+        if entry.name != entry.name.strip() or '\n' in entry.name or '\r' in entry.name:
+          raise FolderDataError(
+              f'{entry.path!r}: a class folder name must be one line, with no white space at '
+              'its start or end (the stored class names could not keep it); rename it.')
         self.rel(entry.path)
         classes[entry.name] = entry.path
       elif _is_image(entry.name):
@@ -160,6 +163,9 @@ def list_source(source_dir: str) -> Listing:
   outside a class folder, a class folder without images, a class in one split only.
   """
   root = os.path.abspath(os.path.expanduser(source_dir))
+  if os.path.isfile(root):
+    raise FolderDataError(f'The source {root} is a file (--manual_dir); expected a folder of '
+                          f'class folders (extract an archive first):\n{LAYOUT_HELP}')
   if not os.path.isdir(root):
     raise FolderDataError(f'The source folder {root} does not exist (--manual_dir); '
                           f'expected a folder holding:\n{LAYOUT_HELP}')
