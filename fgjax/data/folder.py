@@ -118,8 +118,8 @@ class FgjaxFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       fraction = DEFAULT_TEST_FRACTION if fraction is None else fraction
       seed = DEFAULT_SPLIT_SEED if seed is None else seed
       images = split_one_tree(listing.images[''], fraction, seed, listing.root)
-      how = f'one tree of class folders split per class with test_fraction={fraction}, ' \
-            f'split_seed={seed}'
+      how = (f'one tree of class folders split per class with test_fraction={fraction}, '
+             f'split_seed={seed}')
     self.info.features['label'].names = listing.class_names
     self.info.as_proto.description = (
         f'Folder data set {self.builder_config.name!r}: images from {listing.root}, {how}; '
