@@ -389,3 +389,9 @@ def test_model_a_training_checkpoint_records(tmp_path, weights, variables, expec
   else:
     chex.assert_trees_all_equal(
         pretrained.load_pretrained_backbone(path, variables, backbone_path=()), expected)
+
+
+def test_folder_without_hub_weights(tmp_path, variables):
+  (tmp_path / 'config.json').write_text(json.dumps(_hub_config()))
+  with pytest.raises(FileNotFoundError, match='no Hugging Face hub snapshot .* model.safetensors'):
+    pretrained.load_pretrained_backbone(tmp_path, variables, backbone_path=())

@@ -100,7 +100,7 @@ def _convert(key: str, value: np.ndarray, leaf) -> tuple[np.ndarray | None, str 
 def _layout_note(state_dict: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
   """What network the state dict holds, where its keys tell and it is not the model's."""
   variant = timm_weights.describe_layout(state_dict)
-  model = timm_weights.plain_layout(expected) or 'a plain ResNet'
+  model = timm_weights.plain_layout(expected) or 'plain ResNet'
   if variant:
     return (f'\n  It holds {variant}; the model is a {model}, '
             f'{timm_weights.PLAIN_LAYOUT}.')
@@ -210,7 +210,12 @@ def read_backbone_state_dict(path: PathLike) -> tuple[dict[str, np.ndarray], str
     is not a plain ResNet's (or the config's mean/std are not ImageNet's).
   """
   path = os.path.expanduser(os.fspath(path))
-  path = hub_weight_file(path) or path
+  if os.path.isdir(path):
+    if hub_weight_file(path) is None:
+      raise FileNotFoundError(
+          f'{path} is a folder, but no Hugging Face hub snapshot of a timm model: expected '
+          f"timm's config.json and one of {', '.join(HUB_WEIGHT_FILES)} in it.")
+    path = hub_weight_file(path)
   timm_weights.check_hub_config(path)  # Before reading: it may say why the file is wrong.
   weights = read_weight_file(path)
   timm_weights.check_architecture_name(weights.arch, path, 'the training checkpoint')

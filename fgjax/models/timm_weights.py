@@ -202,7 +202,7 @@ def describe_layout(state_dict: Mapping[str, Any]) -> str | None:
   if any(k.startswith(('embedder.', 'resnet.embedder.')) for k in keys):
     return ("a Hugging Face transformers ResNetModel ('embedder.*', 'encoder.stages.*', "
             'e.g. microsoft/resnet-50)')
-  has_stem = 'conv1.weight' in state_dict or 'conv1.0.weight' in state_dict
+  has_stem = any(k.startswith(('conv1.', 'bn1.')) for k in keys)
   if not has_stem or not all(_blocks(state_dict)):
     return f"no torchvision/timm ResNet (no 'conv1' and 'layer1..4' keys; it has {keys[:5]})"
   features, name = _variant_features(state_dict)
