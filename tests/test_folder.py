@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from fgjax.data import common
 from fgjax.data import folder
+from fgjax.data import pipeline
 from fgjax.data import registry
 
 tfds.disable_progress_bar()
@@ -335,12 +336,14 @@ def test_a_name_prepared_from_another_source_is_refused(dirs, tmp_path):
         f'0.2, split_seed 0); asked now for {asked_dir}{asked}. Choose another --name, or '
         'delete that folder')):
       folder.prepare('pets', str(asked_dir), data_dir, **options)
-  # Deleted and prepared anew from other images: no stale label cache (pipeline) is left.
-  stale = os.path.join(data_dir, 'fgjax_labels_pets_None_train.npy')
-  np.save(stale, np.zeros(3, np.int32))
+  # Deleted and prepared anew from other images: the labels the class-balanced sampler
+  # reads (pipeline.TfdsSource.labels, cached after the first read) are the new ones.
+  assert len(pipeline.TfdsSource('pets', data_dir, 'train').labels()) == 24  # 30 - 6 test.
   shutil.rmtree(path)
   assert folder.prepare('pets', str(other), data_dir).split_sizes() == {'train': 4, 'test': 2}
-  assert not os.path.exists(stale)
+  source = pipeline.TfdsSource('pets', data_dir, 'train')
+  np.testing.assert_array_equal(source.labels(), [source[i]['label'] for i in range(4)])
+  np.testing.assert_array_equal(np.sort(source.labels()), [0, 0, 1, 1])
 
 
 @pytest.mark.parametrize('name, message', [

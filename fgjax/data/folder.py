@@ -20,7 +20,6 @@ and ignored_files (paths below DIR). Preparing a NAME that is prepared already d
 nothing if the source and split options are the same, and is an error otherwise.
 """
 
-import glob
 import os
 
 from absl import logging
@@ -187,20 +186,7 @@ def prepare(name: str, source_dir: str, data_dir: str, test_fraction: float | No
                                  folder_options=options)
   if registry.is_prepared(builder):
     _check_same_source(builder, options)
-  result = registry.prepare(name, data_dir, on_bad_image=on_bad_image, folder_options=options)
-  if not result.already_prepared:
-    _forget_label_caches(data_dir, name)
-  return result
-
-
-def _forget_label_caches(data_dir: str, name: str):
-  # pipeline.TfdsSource.labels caches a split's labels in data_dir under the data set's
-  # name: those of an earlier data set of this name (deleted, then prepared anew from
-  # other images) would give the class-balanced sampler wrong labels.
-  pattern = os.path.join(os.path.expanduser(data_dir), f'fgjax_labels_{name}_None_*.npy')
-  for path in glob.glob(pattern):
-    logging.info('Removing the label cache of an earlier data set %r: %s', name, path)
-    os.remove(path)
+  return registry.prepare(name, data_dir, on_bad_image=on_bad_image, folder_options=options)
 
 
 def _check_same_source(builder, options: dict):

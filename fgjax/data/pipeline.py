@@ -44,7 +44,7 @@ class TfdsSource:
   def __init__(self, name: str, data_dir: str, split: str, builder_config: str | None = None):
     self.name, self.data_dir, self.split = name, data_dir, split
     self.builder_config = builder_config or None
-    self._source = None
+    self._source, self._data_path = None, None
 
   def _open(self):
     if self._source is None:
@@ -52,6 +52,7 @@ class TfdsSource:
       builder = registry.get_builder(self.name, self.data_dir, builder_config=self.builder_config)
       self._source = builder.as_data_source(
           split=self.split, decoders={'image': tfds.decode.SkipDecoding()})
+      self._data_path = os.fspath(builder.data_path)
     return self._source
 
   def __len__(self):
@@ -63,18 +64,23 @@ class TfdsSource:
             'crop_bottom': int(record['crop_bottom'])}
 
   def labels(self) -> np.ndarray:
-    """All labels in record order (read once, then cached beside the data)."""
-    cache = os.path.join(self.data_dir, f'fgjax_labels_{self.name}_{self.builder_config}_'
-                         f'{self.split}.npy')
+    """All labels in record order (read once, then cached in the data set's own folder, so
+    that a data set deleted and prepared anew, from other files or with other images
+    skipped, never meets an earlier one's labels; a read-only data dir is not cached)."""
+    self._open()
+    cache = os.path.join(self._data_path, f'fgjax_labels_{self.split}.npy')
     if os.path.exists(cache):
       return np.load(cache)
     labels = np.array([self[i]['label'] for i in range(len(self))], np.int32)
-    np.save(cache + '.tmp.npy', labels)
-    os.replace(cache + '.tmp.npy', cache)
+    try:
+      np.save(cache + '.tmp.npy', labels)
+      os.replace(cache + '.tmp.npy', cache)
+    except OSError:
+      pass  # Read only: read again next time.
     return labels
 
   def __getstate__(self):
-    return {**self.__dict__, '_source': None}
+    return {**self.__dict__, '_source': None, '_data_path': None}
 
   def __repr__(self):
     return (f'TfdsSource(name={self.name!r}, data_dir={self.data_dir!r}, '
