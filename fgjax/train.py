@@ -345,7 +345,9 @@ def _initial_state(config, ckpt, state, train_iter):
     if not os.path.exists(os.path.expanduser(config.model.pretrained_path)):
       raise FileNotFoundError(
           f'config.model.pretrained_path={config.model.pretrained_path!r} does not exist '
-          f'(expected torchvision weights or a fgjax workdir).')
+          '(expected a ResNet weight file: torchvision .pth, timm .safetensors / .bin / '
+          'train.py checkpoint, or .npz; a Hugging Face hub snapshot folder; or a fgjax '
+          'workdir).')
     if pretrained.is_fgjax_run(config.model.pretrained_path):
       variables = pretrained.load_backbone_from_run(config.model.pretrained_path, variables)
     else:
