@@ -46,15 +46,16 @@ def outline_regions(img: PIL.Image.Image, boxes, scale: int, width: int = 2) -> 
   inside its box: box [y0, y1) covers picture rows y0 * scale .. y1 * scale - 1, and its
   outline is the outer `width` of them. Drawn last to first, so that the top-1 box lies on
   top where outlines cross. A box reaching into the zero padding is drawn clipped to the
-  image, the part the model saw image in."""
+  image, the part the model saw image in; one wholly in the padding is not drawn."""
   boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, np.float64)
   draw = PIL.ImageDraw.Draw(img)
-  right, bottom = img.size[0] - 1, img.size[1] - 1
   for i in reversed(range(len(boxes))):
     y0, x0, y1, x1 = np.round(boxes[i] * scale).astype(int)
-    corners = [min(max(x0, 0), right), min(max(y0, 0), bottom),
-               min(max(x1 - 1, 0), right), min(max(y1 - 1, 0), bottom)]
-    draw.rectangle(corners, outline=REGION_COLOURS[i % len(REGION_COLOURS)], width=width)
+    x0, x1 = max(x0, 0), min(x1, img.size[0])
+    y0, y1 = max(y0, 0), min(y1, img.size[1])
+    if x1 > x0 and y1 > y0:
+      draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=REGION_COLOURS[i % len(REGION_COLOURS)],
+                     width=width)
 
 
 def draw_regions_on_original(image, boxes_xyxy, width: int | None = None) -> PIL.Image.Image:

@@ -26,15 +26,13 @@ import PIL.Image
 
 from fgjax.data import pipeline
 
-# Modes PNG stores as they are; any other mode is converted to RGB before encoding, as
-# evaluation converts it after decoding.
-PNG_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'P', 'RGB', 'RGBA')
 
 
 def encode_lossless(image) -> bytes:
   """A PIL image, or a uint8 array [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA),
-  as PNG bytes holding exactly its pixels. Evaluation then converts to RGB (grayscale
-  repeated, alpha dropped) as for a PNG file."""
+  as PNG bytes of its pixels converted to RGB by PIL's `convert('RGB')` (grayscale
+  repeated, alpha dropped, a palette looked up): the conversion evaluation applies after
+  decoding a file of any other mode, so the input is the same as for that file."""
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8:
       raise ValueError(f'An image array must be uint8 (0..255), got {image.dtype}: '
@@ -46,10 +44,9 @@ def encode_lossless(image) -> bytes:
     image = PIL.Image.fromarray(pixels)  # L, RGB or RGBA by the shape.
   elif not isinstance(image, PIL.Image.Image):
     raise TypeError(f'Expected a path, a PIL image or a uint8 array, got {type(image).__name__}.')
-  if image.mode not in PNG_MODES:
-    image = image.convert('RGB')
   buffer = io.BytesIO()
-  image.save(buffer, format='PNG', compress_level=1)  # Lossless; 1: fast, size is no matter.
+  # Lossless; level 1: fast, the size does not matter here.
+  image.convert('RGB').save(buffer, format='PNG', compress_level=1)
   return buffer.getvalue()
 
 
