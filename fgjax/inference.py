@@ -7,6 +7,7 @@ notebook, on PIL images or uint8 arrays of any size (grayscale and RGBA converte
 evaluation converts them), or image paths, each preprocessed exactly as evaluation does
 (fgjax.input_images):
 
+  import PIL.Image
   from fgjax import drawing, inference
   run = inference.load_run('runs/cub_fdl')
   photos = [PIL.Image.open('bird1.jpg'), PIL.Image.open('bird2.png')]
@@ -138,7 +139,9 @@ class Predictions:
   # float64 [N, m, 4] (x0, y0, x1, y1) in the original image's pixels, clipped to it
   # (input_images.boxes_to_original): for cropping or drawing on the user's own image.
   boxes_original: np.ndarray | None
-  box_valid: np.ndarray | None  # bool [N, m]: False where NMS ran out of distinct boxes.
+  # bool [N, m]: False where NMS ran out of distinct boxes (None for scrim, which keeps it
+  # per FPL).
+  box_valid: np.ndarray | None
 
 
 def load_run(workdir: str, which: str = 'best') -> Run:
@@ -240,7 +243,8 @@ def predict_files(run: Run, paths, top_k: int = 5) -> list[dict]:
       chose them (they may reach into the zero padding around the input);
     'regions_original_xyxy': [m, 4] (x0, y0, x1, y1) in the image's own pixels, clipped
       to it (input_images.boxes_to_original);
-    'regions_valid': [m] False where NMS ran out of distinct boxes (a repeated one).
+    'regions_valid': [m] False where NMS ran out of distinct boxes (a repeated one);
+      where the model reports it (scrim keeps it per FPL, so its rows have none).
   Coordinates are continuous (pixel p spans [p, p + 1)), rounded to 0.1 px. A file that
   could not be read (missing, truncated, not an image) is {'file', 'error'} with the
   reason; the others are still predicted.

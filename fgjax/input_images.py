@@ -27,7 +27,6 @@ import PIL.Image
 from fgjax.data import pipeline
 
 
-
 def encode_lossless(image) -> bytes:
   """A PIL image, or a uint8 array [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA),
   as PNG bytes of its pixels converted to RGB by PIL's `convert('RGB')` (grayscale

@@ -190,6 +190,18 @@ def test_one_heat_map_per_ranking_and_bars_for_ssanet(method, side):
     for (_, labels, weights), key in zip(groups, ['orientation_weights', 'shift_probs']):
       np.testing.assert_allclose(weights, outputs[key][i], rtol=1e-5)
       assert len(labels) == len(weights) and weights.sum() == pytest.approx(1.0, abs=1e-5)
+  # The notebook API's predictions: regions in both coordinates for region models only.
+  pred = run.predict_images(list(inputs), top_k=2)
+  row = inference.prediction_row(pred, 0)
+  if method == 'resnet':
+    assert pred.boxes_input is pred.boxes_original is pred.box_valid is None
+    assert sorted(row) == ['file', 'input_size', 'original_size_hw', 'top_k']
+  else:
+    assert pred.boxes_original.shape == pred.boxes_input.shape == out['boxes'].shape
+    assert len(row['regions_original_xyxy']) == pred.boxes_input.shape[1]
+    # SCRIM reports validity per FPL only ('fpl_<stage>_box_valid'), so far.
+    if method != 'scrim':
+      assert len(row['regions_valid']) == pred.boxes_input.shape[1]
 
 
 def test_the_navigator_map_is_what_nms_ranked_by():
