@@ -127,7 +127,7 @@ class Run:
 class Predictions:
   """Run.predict_images' answer for N images; the region fields are None for a model
   without regions (resnet), else m regions per image, top-1 first."""
-  names: list[str]  # [N] each image's path, or 'images[i]' for one given in memory.
+  names: list[str]  # [N] each image's path (a PIL image's file), or 'images[i]'.
   inputs: np.ndarray  # uint8 [N, S, S, 3]: what the model saw.
   probs: np.ndarray  # float32 [N, C]: softmax probabilities.
   top_k: np.ndarray  # int [N, k]: the k most probable classes, most probable first.
@@ -139,8 +139,7 @@ class Predictions:
   # float64 [N, m, 4] (x0, y0, x1, y1) in the original image's pixels, clipped to it
   # (input_images.boxes_to_original): for cropping or drawing on the user's own image.
   boxes_original: np.ndarray | None
-  # bool [N, m]: False where NMS ran out of distinct boxes (None for scrim, which keeps it
-  # per FPL).
+  # bool [N, m]: False where NMS ran out of distinct boxes.
   box_valid: np.ndarray | None
 
 
@@ -243,8 +242,7 @@ def predict_files(run: Run, paths, top_k: int = 5) -> list[dict]:
       chose them (they may reach into the zero padding around the input);
     'regions_original_xyxy': [m, 4] (x0, y0, x1, y1) in the image's own pixels, clipped
       to it (input_images.boxes_to_original);
-    'regions_valid': [m] False where NMS ran out of distinct boxes (a repeated one);
-      where the model reports it (scrim keeps it per FPL, so its rows have none).
+    'regions_valid': [m] False where NMS ran out of distinct boxes (a repeated one).
   Coordinates are continuous (pixel p spans [p, p + 1)), rounded to 0.1 px. A file that
   could not be read (missing, truncated, not an image) is {'file', 'error'} with the
   reason; the others are still predicted.

@@ -70,8 +70,11 @@ def original_extent(data: bytes, resize_size: int, crop_bottom: int = 0):
 
 
 def _name(item, position: int) -> str:
-  """A path's own name, or 'images[i]' for an image given in memory."""
-  return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f'images[{position}]'
+  """A path's own name, the file a PIL image was opened from (PIL.Image.open keeps it as
+  `filename`; a derived image has none), or 'images[i]' for another in-memory image."""
+  if isinstance(item, (str, os.PathLike)):
+    return os.fspath(item)
+  return getattr(item, 'filename', '') or f'images[{position}]'
 
 
 def _encoded(item) -> bytes:
@@ -104,7 +107,7 @@ def _model_input(data: bytes, transform, resize_size: int):
 class LoadedImages:
   """Images preprocessed as evaluation does, and those that could not be read."""
   images: np.ndarray  # uint8 [N, S, S, 3]: the readable ones, in the order given.
-  names: list[str]  # [N] their paths, or 'images[i]' for an in-memory image.
+  names: list[str]  # [N] their paths (a PIL image's file), or 'images[i]' in memory.
   positions: list[int]  # [N] their indices in the list given.
   original_hw: np.ndarray  # int [N, 2]: each image's (height, width) in pixels.
   span_hw: np.ndarray  # float [N, 2]: the part of it evaluation resizes (original_extent).

@@ -199,9 +199,8 @@ def test_one_heat_map_per_ranking_and_bars_for_ssanet(method, side):
   else:
     assert pred.boxes_original.shape == pred.boxes_input.shape == out['boxes'].shape
     assert len(row['regions_original_xyxy']) == pred.boxes_input.shape[1]
-    # SCRIM reports validity per FPL only ('fpl_<stage>_box_valid'), so far.
-    if method != 'scrim':
-      assert len(row['regions_valid']) == pred.boxes_input.shape[1]
+    np.testing.assert_array_equal(pred.box_valid, out['box_valid'])
+    assert row['regions_valid'] == [bool(v) for v in out['box_valid'][0]]
 
 
 def test_the_navigator_map_is_what_nms_ranked_by():

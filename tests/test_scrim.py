@@ -55,6 +55,10 @@ def test_each_fpl_keeps_half_the_parts_and_boxes_interleave_by_rank(full):
   boxes = np.asarray(out['boxes'])
   np.testing.assert_array_equal(boxes[:, 0::2], out['fpl_stage4_boxes'])
   np.testing.assert_array_equal(boxes[:, 1::2], out['fpl_stage3_boxes'])
+  valid = np.asarray(out['box_valid'])
+  assert valid.shape == (4, 6)
+  np.testing.assert_array_equal(valid[:, 0::2], out['fpl_stage4_box_valid'])
+  np.testing.assert_array_equal(valid[:, 1::2], out['fpl_stage3_box_valid'])
 
 
 def test_every_module_gets_gradient_and_navigators_only_from_ranking(full):
@@ -88,7 +92,7 @@ SWITCHES = {
     # One FPL keeps all 6 parts and puts 4 in the fused feature: fused_fc keeps its shape.
     'dual_fpl': ({'fpl_stage3_navigator', 'fpl_stage3_part_fc'}, set(), set()),
     'use_fpl': ({f'fpl_{s}_{m}' for s in ('stage3', 'stage4') for m in ('navigator', 'part_fc')},
-                {'fused_fc'}, {'boxes'}),
+                {'fused_fc'}, {'boxes', 'box_valid'}),
 }
 
 

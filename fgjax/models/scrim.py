@@ -112,7 +112,7 @@ class SCRIM(regions.NavigatedModel):
       'fpl_{s}_boxes' [B, M, 4], 'fpl_{s}_box_valid', 'fpl_{s}_anchor_scores' [B, A];
       'boxes' [B, K M, 4] (all
       FPLs' boxes, rank by rank, the last stage's FPL first: its first box, the other
-      FPL's first, its second, ...);
+      FPL's first, its second, ...) and 'box_valid' [B, K M] in the same order;
       with use_contrastive and labels in training, 'loss_contrast' [B].
     """
     for stage in self.cpl_stages:
@@ -175,6 +175,8 @@ class SCRIM(regions.NavigatedModel):
       # comes from the same module with and without dual_fpl.
       outputs['boxes'] = jnp.stack([outputs[f'fpl_{s}_boxes'] for s in refined[::-1]], axis=2
                                    ).reshape(images.shape[0], -1, 4)
+      outputs['box_valid'] = jnp.stack([outputs[f'fpl_{s}_box_valid'] for s in refined[::-1]],
+                                       axis=2).reshape(images.shape[0], -1)
 
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(features['pooled'])
     fused = jnp.concatenate([pooled, *coarse, *fine], axis=1)
