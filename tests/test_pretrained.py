@@ -7,7 +7,6 @@ The mapping is checked against a float64 NumPy implementation of torchvision's
 ResNet forward pass.
 """
 
-import pickle
 import struct
 import zipfile
 
@@ -19,6 +18,7 @@ import pytest
 
 from fgjax.models import pretrained
 from fgjax.models import resnet
+import torch_save
 
 _STORAGE_NAMES = {
     np.dtype(np.float32): 'FloatStorage',
@@ -73,24 +73,8 @@ def _pickle_state_dict(tensors, storages, legacy, extra=b''):
 
 def _write_torch_file(path, tensors, storages, legacy=False, extra=b''):
   """Writes what `torch.save` writes: a zip archive, or the pre-1.6 stream."""
-  payload = _pickle_state_dict(tensors, storages, legacy, extra)
-  if legacy:
-    sys_info = {'protocol_version': 1001, 'little_endian': True,
-                'type_sizes': {'short': 2, 'int': 4, 'long': 4}}
-    with open(path, 'wb') as f:
-      for header in (0x1950a86a20f9469cfc6c, 1001, sys_info):
-        f.write(pickle.dumps(header, protocol=2))
-      f.write(payload)
-      f.write(pickle.dumps(list(storages), protocol=2))
-      for data in storages.values():
-        f.write(struct.pack('<q', data.size) + data.astype(data.dtype.newbyteorder('<')).tobytes())
-    return
-  with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
-    archive.writestr('archive/data.pkl', payload)
-    archive.writestr('archive/byteorder', 'little')
-    for key, data in storages.items():
-      archive.writestr(f'archive/data/{key}', data.tobytes())
-    archive.writestr('archive/version', '3\n')
+  torch_save.write_container(path, _pickle_state_dict(tensors, storages, legacy, extra),
+                             storages, legacy)
 
 
 def _write_state_dict(path, state_dict, legacy=False):

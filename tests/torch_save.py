@@ -82,20 +82,28 @@ def torch_save(path, obj, legacy=False):
   payload = io.BytesIO()
   pickler = _TorchPickler(payload, legacy)
   pickler.dump(obj)
+  write_container(path, payload.getvalue(), pickler.storages, legacy)
+
+
+def write_container(path, payload: bytes, storages: dict, legacy=False):
+  """Lays out a pickled object `payload` and its storages {key: 1-D array} as torch.save
+  does: the zip archive (archive/data.pkl, archive/data/<key>), or the pre-1.6 stream
+  (magic number, protocol, system info, the payload, the storage keys, then each
+  storage's element count and little-endian bytes)."""
   if legacy:
     sys_info = {'protocol_version': 1001, 'little_endian': True,
                 'type_sizes': {'short': 2, 'int': 4, 'long': 4}}
     with open(path, 'wb') as f:
       for header in (0x1950a86a20f9469cfc6c, 1001, sys_info):
         f.write(pickle.dumps(header, protocol=2))
-      f.write(payload.getvalue() + pickle.dumps(list(pickler.storages), protocol=2))
-      for data in pickler.storages.values():
+      f.write(payload + pickle.dumps(list(storages), protocol=2))
+      for data in storages.values():
         f.write(struct.pack('<q', data.size) + data.astype(data.dtype.newbyteorder('<')).tobytes())
     return
   with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
-    archive.writestr('archive/data.pkl', payload.getvalue())
+    archive.writestr('archive/data.pkl', payload)
     archive.writestr('archive/byteorder', 'little')
-    for key, data in pickler.storages.items():
+    for key, data in storages.items():
       archive.writestr(f'archive/data/{key}', data.tobytes())
     archive.writestr('archive/version', '3\n')
 
