@@ -78,12 +78,11 @@ def draw_regions_on_original(image, boxes_xyxy, width: int | None = None) -> PIL
 
 
 def draw_regions(image_uint8: np.ndarray, boxes, caption: str, scale: int = 2) -> PIL.Image.Image:
-  """The model input with its regions (y0, x0, y1, x1 pixels) outlined, top-1 first."""
+  """The model input at `scale` with its regions (y0, x0, y1, x1 pixels) outlined as
+  `outline_regions` does (inside each box, top-1 on top), under a caption strip."""
   img = _upscaled(image_uint8, scale)
+  outline_regions(img, boxes, scale)
   draw = PIL.ImageDraw.Draw(img)
-  for i, (y0, x0, y1, x1) in enumerate([] if boxes is None else boxes):
-    draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale],
-                   outline=REGION_COLOURS[i % len(REGION_COLOURS)], width=2)
   draw.rectangle([0, 0, img.size[0], 12], fill='black')
   draw.text((2, 0), caption, fill='white')
   return img

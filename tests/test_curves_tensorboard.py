@@ -340,9 +340,12 @@ def test_pictures_outline_the_regions_top1_first_with_the_prediction():
   (picture,) = pictures.draw(state)
   assert picture.shape == (64, 64, 3)
   red, green = (np.array(PIL.ImageColor.getrgb(c)) for c in drawing.REGION_COLOURS[:2])
-  # Top edges at row 2 * y0, from column 2 * x0 to 2 * x1.
-  np.testing.assert_array_equal(picture[20, 8:41], np.tile(red, (33, 1)))
-  np.testing.assert_array_equal(picture[32, 16:57], np.tile(green, (41, 1)))
+  # Top edges at row 2 * y0, from column 2 * x0 to 2 * x1 - 1: inside each box.
+  np.testing.assert_array_equal(picture[20, 8:40], np.tile(red, (32, 1)))
+  np.testing.assert_array_equal(picture[32, 16:38], np.tile(green, (22, 1)))
+  np.testing.assert_array_equal(picture[32, 40:56], np.tile(green, (16, 1)))
+  assert (picture[20, 40] != red).any() and (picture[32, 56] != green).any()
+  np.testing.assert_array_equal(picture[32, 38:40], [red, red])  # Top-1 on top where they cross.
   np.testing.assert_array_equal(picture[36, 30], [128, 128, 128])  # Inside both boxes.
   # The caption: the same drawing with class 'd' (3), its probability, and the truth 'b'.
   probs = np.exp(np.eye(5)[3] * 4.0) / np.exp(np.eye(5)[3] * 4.0).sum()
