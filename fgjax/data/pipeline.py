@@ -11,8 +11,9 @@ Batches are dicts of NumPy arrays shaped (local_devices, per_core_batch, ...):
 
 Every transform is a `MapDataset` step (index-addressable, seeded per element),
 so the order and the augmentation of every example depend only on the seed and
-the example's position: the iterator's state in a checkpoint resumes exactly,
-whatever the number of worker processes.
+the example's position: the iterator's state in a checkpoint resumes exactly with
+the same number of worker processes (the state holds one entry per worker, so a rerun
+may not change data.num_workers: config_lib.RERUN_MAY_CHANGE leaves it out).
 """
 
 import dataclasses
