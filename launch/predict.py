@@ -17,8 +17,7 @@ file, in the order given, to --output or standard output (fgjax.inference.predic
                          them (they may reach into the zero padding around the input)
   regions_original_xyxy  [[x0, y0, x1, y1], ...] in the image's own pixels (EXIF rotation
                          not applied), clipped to the image: to crop or draw on it
-  regions_valid          [true, ...]: false where NMS ran out of distinct boxes (not
-                         for scrim, which keeps it per FPL)
+  regions_valid          [true, ...]: false where NMS ran out of distinct boxes
 
 A file that cannot be read (missing, truncated, not an image) is the line {file, error}
 with the reason, and a line on standard error names it; every other file is still
