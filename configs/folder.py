@@ -33,6 +33,10 @@ def get_config(method: str = 'resnet'):
   c.train.lr_decay_factor = 0.1
   c.train.momentum = 0.9
   c.train.weight_decay = 5e-4
+  c.model.regions.proposal_num = 6  # Region models: NTS-Net's and FDL's m regions after NMS,
+  c.model.regions.cat_num = 4  # l of them in the concatenated / hybrid feature,
+  c.model.regions.nms_iou = 0.25  # NMS at IoU 0.25,
+  c.model.regions.part_size = 224  # each zoomed to 224 px.
   if method == 'scrim':  # Its contrastive loss needs several images per class: 4 x 4.
     c.data.sampler = 'class_balanced'
     c.data.classes_per_batch = 4

@@ -178,42 +178,6 @@ def check_method(method: str) -> None:
     raise ValueError(f'Unknown method {method!r} after the config path; valid: {list(METHODS)}.')
 
 
-def papers_recipe(dataset: str, method: str = 'resnet') -> ml_collections.ConfigDict:
-  """The NTS-Net / FDL training recipe on a real data set, ResNet-50 at 448.
-
-  Batch 16, SGD momentum 0.9, weight decay 5e-4, base lr 0.01 x0.1 every 40
-  epochs, 100 epochs, pretrained backbone at 0.1x the base lr; train: resize
-  600 -> random crop 448 + flip; test: resize 600 -> centre crop 448. Each
-  method's own hyper-parameters are the defaults under config.model.<method>
-  (the papers' values: 6 regions, 4 in the concatenated/hybrid feature, NMS
-  at 0.25, 224-px parts from a 224-px padded image).
-
-  Args:
-    dataset: 'cub', 'aircraft' or 'cars'.
-    method: `model.name`, given after the config path: `--config=configs/cub.py:fdl`.
-  """
-  check_method(method)
-  c = base_config()
-  c.data.name = dataset
-  c.model.name = method
-  c.data.image_size = 448
-  c.data.resize_size = 600
-  c.data.num_workers = 8
-  c.model.backbone = 'resnet50'
-  c.train.batch_size = 16
-  c.train.epochs = 100
-  c.train.base_lr = 0.01
-  c.train.pretrained_lr_mult = 0.1
-  c.train.lr_decay_epochs = 40
-  c.train.lr_decay_factor = 0.1
-  c.train.momentum = 0.9
-  c.train.weight_decay = 5e-4
-  if method == 'scrim':  # Its contrastive loss needs several images per class: 4 x 4.
-    c.data.sampler = 'class_balanced'
-    c.data.classes_per_batch = 4
-  return c
-
-
 CHOICES = {
     'data.sampler': ('random', 'class_balanced'),
     'data.on_bad_image': ('error', 'skip'),

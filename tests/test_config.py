@@ -44,9 +44,11 @@ def test_unknown_method_after_colon_lists_valid_ones():
     importlib.import_module('configs.cub').get_config('ntsnet')
 
 
-@pytest.mark.parametrize('name', ['cub', 'aircraft', 'cars', 'folder'])
+@pytest.mark.parametrize('name', ['cub', 'aircraft', 'cars', 'nabirds', 'dogs', 'folder'])
 def test_real_data_configs_follow_the_papers_recipe(name):
   c = importlib.import_module(f'configs.{name}').get_config()
+  r = c.model.regions
+  assert (r.proposal_num, r.cat_num, r.nms_iou, r.part_size) == (6, 4, 0.25, 224)
   assert (c.model.backbone, c.model.pretrained_path) == ('resnet50', '')
   assert (c.data.image_size, c.data.resize_size, c.train.batch_size) == (448, 600, 16)
   assert (c.train.base_lr, c.train.lr_decay_epochs, c.train.lr_decay_factor) == (0.01, 40, 0.1)
