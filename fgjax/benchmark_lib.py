@@ -11,6 +11,8 @@ records; no test times anything.
           (Both measured in fgjax.benchmark_input.)
   train:  compile time, step time, XLA FLOPs and memory of each model's step.
   all:    data and train with small defaults.
+  compare: fgjax's ResNet train step against PyTorch's, alternately in one process
+          (fgjax.benchmark_compare; needs torch).
   fft:    SSANet's Fourier ridge solver against the explicit circulant solve.
 """
 
@@ -46,9 +48,13 @@ def _peak_memory_bytes(devices) -> int | None:
   return max(peaks) if peaks else None
 
 
-def _time_train_step(name: str, *, backbone: str, image_size: int, batch_size: int, dtype: str,
-                     steps: int, warmup: int, num_classes: int, parallel) -> dict:
-  """Compiles one model's pmapped train step and times it on a fixed random batch."""
+def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size: int,
+                       dtype: str, num_classes: int, parallel):
+  """Compiles one model's pmapped train step on a fixed random batch.
+
+  Returns (step, record): `step()` runs one step on the state the previous one left and
+  waits for it; `record` holds the compile time, XLA's FLOPs and memory estimate.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from fgjax import config_lib  # pylint: disable=g-import-not-at-top
   from fgjax import train  # pylint: disable=g-import-not-at-top
@@ -71,27 +77,45 @@ def _time_train_step(name: str, *, backbone: str, image_size: int, batch_size: i
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
-  times = []
-  for i in range(warmup + steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
-  global_batch = batch_size * parallel.num_local_devices
-  return {
+  latest = {'state': state, 'metrics': None}
+
+  def step():
+    latest['state'], latest['metrics'] = compiled(latest['state'], batch)
+    jax.block_until_ready(latest)
+
+  def loss_finite() -> bool:
+    return bool(np.isfinite(parallel.to_host(latest['metrics'])['loss']))
+
+  record = {
       'mode': 'train', 'model': name, 'backbone': backbone, 'image_size': image_size,
       'dtype': dtype, 'devices': parallel.num_local_devices,
       'device_kind': parallel.local_devices[0].device_kind, 'batch_per_device': batch_size,
-      'steps': steps, 'warmup': warmup, 'compile_s': compile_s, 'step_s_median': step_s,
-      'step_s_min': min(times), 'images_per_s': global_batch / step_s,
-      'flops_per_device_step': float(cost.get('flops', 0.0)),
+      'compile_s': compile_s, 'flops_per_device_step': float(cost.get('flops', 0.0)),
       'xla_memory_bytes': (memory.argument_size_in_bytes + memory.output_size_in_bytes
                            + memory.temp_size_in_bytes - memory.alias_size_in_bytes
-                           if memory is not None else None),
-      'peak_memory_bytes': _peak_memory_bytes(parallel.local_devices),
-      'loss_finite': bool(np.isfinite(parallel.to_host(metrics)['loss']))}
+                           if memory is not None else None)}
+  step.loss_finite = loss_finite
+  return step, record
+
+
+def _time_train_step(name: str, *, backbone: str, image_size: int, batch_size: int, dtype: str,
+                     steps: int, warmup: int, num_classes: int, parallel) -> dict:
+  """Compiles one model's pmapped train step and times it on a fixed random batch."""
+  step, record = prepare_train_step(name, backbone=backbone, image_size=image_size,
+                                    batch_size=batch_size, dtype=dtype, num_classes=num_classes,
+                                    parallel=parallel)
+  times = []
+  for i in range(warmup + steps):
+    t0 = time.perf_counter()
+    step()
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  return {**record, 'steps': steps, 'warmup': warmup, 'step_s_median': step_s,
+          'step_s_min': min(times),
+          'images_per_s': batch_size * parallel.num_local_devices / step_s,
+          'peak_memory_bytes': _peak_memory_bytes(parallel.local_devices),
+          'loss_finite': step.loss_finite()}
 
 
 def benchmark_train(model_names: Sequence[str], *, backbone: str, image_size: int,
@@ -169,6 +193,14 @@ def decode_mode(*, dataset, data_dir, split, builder_config, image_size,
 def train_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup) -> list[dict]:
   return benchmark_train(_str_list(models), backbone=backbone, image_size=image_size,
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup)
+
+
+def compare_mode(*, backbone, image_size, batch_size, dtypes, layouts, steps,
+                 warmup) -> list[dict]:
+  from fgjax import benchmark_compare  # pylint: disable=g-import-not-at-top
+  return benchmark_compare.compare_train(
+      backbone=backbone, image_size=image_size, batch_size=batch_size,
+      dtypes=_str_list(dtypes), layouts=_str_list(layouts), steps=steps, warmup=warmup)
 
 
 def _only(fn: Callable, options: dict) -> dict:
@@ -260,6 +292,13 @@ _TRAIN_COLUMNS = (('model', 'model', 's'), ('devices', 'devices', 'd'),
                   ('XLA mem MiB', 'xla_memory_bytes', '.0f'),
                   ('peak mem MiB', 'peak_memory_bytes', '.0f'))
 
+_COMPARE_COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
+                    ('fgjax step s', 'fgjax_step_s', '.3f'), ('torch step s', 'torch_step_s', '.3f'),
+                    ('fgjax/torch', 'fgjax_over_torch', '.2f'),
+                    ('fgjax img/s', 'fgjax_images_per_s', '.1f'),
+                    ('torch img/s', 'torch_images_per_s', '.1f'),
+                    ('fgjax compile s', 'fgjax_compile_s', '.1f'))
+
 MODES = {
     'data': Mode(data_mode, {**_SOURCE, 'workers': '0,1,2', 'batch_size': 32, 'num_batches': 20,
                              'warmup_batches': 2, 'image_size': 448, 'resize_size': 600},
@@ -271,6 +310,9 @@ MODES = {
                                'steps': 10, 'warmup': 2}, _TRAIN_COLUMNS),
     'fft': Mode(fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
                            'repeats': 20}, _FFT_COLUMNS),
+    'compare': Mode(compare_mode, {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
+                                   'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
+                                   'steps': 5, 'warmup': 2}, _COMPARE_COLUMNS),
     # Small: a quick look at both on a new machine.
     'all': Mode(all_mode, {**_SOURCE, 'workers': '0,1', 'batch_size': 4, 'num_batches': 24,
                            'warmup_batches': 2, 'image_size': 448, 'resize_size': 600,

@@ -5,6 +5,8 @@ r"""Measures input-pipeline and train-step speed and memory.
   python launch/benchmark.py --mode=train --models=resnet,nts,fdl,ssanet \
       --backbone=resnet50 --image_size=448 --batch_size=2 --dtype=bfloat16 --steps=10
   python launch/benchmark.py --mode=fft --scales=4,8,16,32,64,128,256
+  python launch/benchmark.py --mode=compare --backbone=resnet50 --image_size=224 \
+      --batch_size=8 --dtypes=float32,bfloat16 --layouts=nchw,channels_last --steps=5
   python launch/benchmark.py --mode=all --output=bench.jsonl
 
 Prints a table per mode; --output appends the records as JSON lines. A flag
@@ -40,6 +42,9 @@ flags.DEFINE_string('backbone', None, 'Backbone of every model, e.g. resnet50, r
 flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Computation dtype.')
 flags.DEFINE_integer('steps', None, 'Timed train steps per model.')
 flags.DEFINE_integer('warmup', None, 'Untimed train steps after compilation.')
+# compare (needs torch: pip install -e '.[compare]').
+flags.DEFINE_list('dtypes', None, 'compare: dtypes to compare in, e.g. float32,bfloat16.')
+flags.DEFINE_list('layouts', None, 'compare: torch memory layouts, nchw and/or channels_last.')
 # fft.
 flags.DEFINE_list('scales', None, 'fft: numbers of scales S to solve for, e.g. 4,8,...,256.')
 flags.DEFINE_integer('channels', None, 'fft: channels per scale.')
@@ -49,7 +54,7 @@ FLAGS = flags.FLAGS
 
 _OPTIONS = ('dataset', 'data_dir', 'split', 'builder_config', 'workers', 'num_batches',
             'warmup_batches', 'resize_size', 'image_size', 'batch_size', 'models', 'backbone',
-            'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats')
+            'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts')
 
 
 def main(argv):

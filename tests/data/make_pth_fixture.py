@@ -23,14 +23,13 @@ BatchNorm affine parameters and running statistics are random, not identity.
 """
 
 import os
-import sys
 
 import numpy as np
 import torch
 
+from fgjax import torch_resnet
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # tests/, for torch_resnet.
-import torch_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LAYERS = (1, 3, 1, 1)
 WIDTH = 1 / 32  # 2 base channels: the three files stay ~250 KB together.

@@ -6,7 +6,9 @@ scales the base 64 channels as in `fgjax.models.resnet.ResNet`.
 
   model = ResNet(Bottleneck, (3, 4, 6, 3))  # ResNet-50, torchvision's keys and shapes.
 
-Needs torch: tests that run in CI without torch must not import this module.
+Needs torch (`pip install -e '.[compare]'`): the PyTorch side of
+`launch/benchmark.py --mode=compare` (fgjax.benchmark_compare) and of the fixture
+writer tests/data/make_pth_fixture.py. Nothing else in fgjax imports it.
 """
 
 from typing import Sequence
@@ -121,3 +123,21 @@ class ResNet(nn.Module):
 
 def resnet50(**kwargs) -> ResNet:
   return ResNet(Bottleneck, (3, 4, 6, 3), **kwargs)
+
+
+# fgjax.models.resnet.BACKBONES -> (block, blocks per stage, width), the same networks.
+BACKBONES = {
+    'resnet18': (BasicBlock, (2, 2, 2, 2), 1.0),
+    'resnet34': (BasicBlock, (3, 4, 6, 3), 1.0),
+    'resnet50': (Bottleneck, (3, 4, 6, 3), 1.0),
+    'resnet101': (Bottleneck, (3, 4, 23, 3), 1.0),
+    'resnet_tiny': (BasicBlock, (1, 1, 1, 1), 0.125),
+}
+
+
+def build(backbone: str, num_classes: int) -> ResNet:
+  """The torch twin of fgjax's `resnet` model with backbone `backbone`."""
+  if backbone not in BACKBONES:
+    raise ValueError(f'No torch twin of backbone {backbone!r}; valid: {sorted(BACKBONES)}.')
+  block, layers, width = BACKBONES[backbone]
+  return ResNet(block, layers, width=width, num_classes=num_classes)
