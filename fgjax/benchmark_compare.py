@@ -12,7 +12,9 @@ fgjax runs on one device (its pmapped step over that device); torch on the GPU w
 there is one, else on the CPU with its default threads. bfloat16 is each framework's
 mixed precision: fgjax's `model.dtype='bfloat16'` (parameters and optimiser in float32),
 torch's `autocast(dtype=torch.bfloat16)`. torch's layout is NCHW or channels_last
-(fgjax is NHWC throughout).
+(fgjax is NHWC throughout). fgjax is timed twice, with its 1x1 convolutions as XLA
+convolutions (`model.pointwise_conv='conv'`, the default) and as matrix products ('dot',
+fgjax.models.resnet): 'fgjax_*' and 'fgjax_dot_*' in the records.
 
 After compiling (fgjax) and `warmup` untimed steps of every contender, `steps` rounds
 time one step of each in turn, so that a change in the machine's load falls on all of
@@ -90,17 +92,19 @@ def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Se
   parallel = ts.Parallel('pmap', jax.local_devices()[:1])
   records = []
   for dtype in dtypes:
-    fgjax_step, fgjax_record = benchmark_lib.prepare_train_step(
-        'resnet', backbone=backbone, image_size=image_size, batch_size=batch_size, dtype=dtype,
-        num_classes=num_classes, parallel=parallel)
-    contenders = {'fgjax': fgjax_step}
+    contenders, fgjax_record = {}, None
+    for variant, pointwise in (('fgjax', 'conv'), ('fgjax_dot', 'dot')):
+      contenders[variant], record = benchmark_lib.prepare_train_step(
+          'resnet', backbone=backbone, image_size=image_size, batch_size=batch_size,
+          dtype=dtype, num_classes=num_classes, parallel=parallel, pointwise_conv=pointwise)
+      fgjax_record = fgjax_record or record
     info = {}
     for layout in layouts:
       contenders[layout], info = torch_train_step(
           backbone=backbone, image_size=image_size, batch_size=batch_size, dtype=dtype,
           layout=layout, num_classes=num_classes)
     times = alternate_timing(contenders, steps=steps, warmup=warmup)
-    fgjax_s = statistics.median(times['fgjax'])
+    fgjax_s, dot_s = statistics.median(times['fgjax']), statistics.median(times['fgjax_dot'])
     for layout in layouts:
       torch_s = statistics.median(times[layout])
       records.append({
@@ -109,6 +113,8 @@ def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Se
           'warmup': warmup, 'device_kind': fgjax_record['device_kind'],
           'fgjax_compile_s': fgjax_record['compile_s'], 'fgjax_step_s': fgjax_s,
           'torch_step_s': torch_s, 'fgjax_over_torch': fgjax_s / torch_s,
+          'fgjax_dot_step_s': dot_s, 'fgjax_dot_over_torch': dot_s / torch_s,
           'fgjax_images_per_s': batch_size / fgjax_s, 'torch_images_per_s': batch_size / torch_s,
-          'fgjax_loss_finite': fgjax_step.loss_finite(), **info})
+          'fgjax_loss_finite': all(contenders[v].loss_finite() for v in ('fgjax', 'fgjax_dot')),
+          **info})
   return records

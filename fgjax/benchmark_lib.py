@@ -49,7 +49,7 @@ def _peak_memory_bytes(devices) -> int | None:
 
 
 def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size: int,
-                       dtype: str, num_classes: int, parallel):
+                       dtype: str, num_classes: int, parallel, pointwise_conv: str = 'conv'):
   """Compiles one model's pmapped train step on a fixed random batch.
 
   Returns (step, record): `step()` runs one step on the state the previous one left and
@@ -61,6 +61,7 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
   from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
   config = config_lib.base_config()
   config.model.name, config.model.backbone, config.model.dtype = name, backbone, dtype
+  config.model.pointwise_conv = pointwise_conv
   config.data.image_size = image_size
   model, schedule, tx = train.build_model_and_optimizer(config, num_classes, steps_per_epoch=100)
   state = ts.create_train_state(model, tx, jax.random.key(0), image_size)
@@ -88,7 +89,7 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
 
   record = {
       'mode': 'train', 'model': name, 'backbone': backbone, 'image_size': image_size,
-      'dtype': dtype, 'devices': parallel.num_local_devices,
+      'dtype': dtype, 'pointwise_conv': pointwise_conv, 'devices': parallel.num_local_devices,
       'device_kind': parallel.local_devices[0].device_kind, 'batch_per_device': batch_size,
       'compile_s': compile_s, 'flops_per_device_step': float(cost.get('flops', 0.0)),
       'xla_memory_bytes': (memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -295,6 +296,8 @@ _TRAIN_COLUMNS = (('model', 'model', 's'), ('devices', 'devices', 'd'),
 _COMPARE_COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
                     ('fgjax step s', 'fgjax_step_s', '.3f'), ('torch step s', 'torch_step_s', '.3f'),
                     ('fgjax/torch', 'fgjax_over_torch', '.2f'),
+                    ('fgjax dot s', 'fgjax_dot_step_s', '.3f'),
+                    ('fgjax dot/torch', 'fgjax_dot_over_torch', '.2f'),
                     ('fgjax img/s', 'fgjax_images_per_s', '.1f'),
                     ('torch img/s', 'torch_images_per_s', '.1f'),
                     ('fgjax compile s', 'fgjax_compile_s', '.1f'))

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = 'resnet'  # Method: see fgjax.models.MODELS.
   c.model.backbone = 'resnet50'  # See fgjax.models.resnet.BACKBONES.
   c.model.dtype = 'float32'  # Computation dtype: 'float32' or 'bfloat16' (params stay float32).
+  # 1x1 convolutions as XLA convolutions ('conv') or matrix products ('dot': the same
+  # function and parameters, faster to train on XLA:CPU; fgjax.models.resnet).
+  c.model.pointwise_conv = 'conv'
   # torchvision ResNet weights (.pth or .npz), or a fgjax workdir whose backbone to start
   # from (any method); '' trains from scratch.
   c.model.pretrained_path = ''
@@ -182,6 +185,7 @@ CHOICES = {
     'data.sampler': ('random', 'class_balanced'),
     'data.on_bad_image': ('error', 'skip'),
     'model.dtype': ('float32', 'bfloat16'),
+    'model.pointwise_conv': ('conv', 'dot'),
     'train.parallelism': ('pmap', 'shard_map'),
     'model.regions.anchor_grid': ('scaled', 'feature'),
     'model.fdl.cam_mode': ('max', 'single'),

@@ -73,7 +73,9 @@ def test_compare_records_one_row_per_dtype_and_layout():
       ('bfloat16', 'nchw'), ('bfloat16', 'channels_last')]
   for r in records:
     assert r['fgjax_over_torch'] == pytest.approx(r['fgjax_step_s'] / r['torch_step_s'])
+    assert r['fgjax_dot_over_torch'] == pytest.approx(r['fgjax_dot_step_s'] / r['torch_step_s'])
     assert r['fgjax_images_per_s'] == pytest.approx(2 / r['fgjax_step_s'])
     assert r['fgjax_loss_finite'] and r['torch_device'] in ('cpu', 'cuda')
-  # fgjax's step is timed once per dtype, against each layout.
+  # fgjax's steps are timed once per dtype, against each layout.
   assert records[0]['fgjax_step_s'] == records[1]['fgjax_step_s']
+  assert records[0]['fgjax_dot_step_s'] == records[1]['fgjax_dot_step_s']

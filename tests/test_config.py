@@ -84,6 +84,7 @@ _CHOICES = {
     'model.name': ('resnet', 'nts', 'fdl', 'ssanet', 'scrim'),
     'model.backbone': ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet_tiny'),
     'model.dtype': ('float32', 'bfloat16'),
+    'model.pointwise_conv': ('conv', 'dot'),
     'model.regions.anchor_grid': ('scaled', 'feature'),
     'model.regions.navigator_guide': ('none', 'train', 'always'),
     'model.fdl.cam_mode': ('max', 'single'),

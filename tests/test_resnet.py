@@ -126,3 +126,53 @@ def test_region_models_keep_image_and_part_statistics_apart():
     model = nts.NTSNet(num_classes=3, backbone='resnet_tiny', separate_part_stats=separate)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     assert variables['batch_stats']['backbone']['stem_bn']['mean'].shape == shape
+
+
+@pytest.mark.parametrize('strides, size', [((1, 1), 6), ((2, 2), 6), ((2, 2), 7)])
+def test_pointwise_conv_is_the_1x1_convolution(strides, size):
+  """PointwiseConv against a float64 loop (y[n, i, j, o] = sum_c x[n, s i, s j, c] W[c, o]),
+  and its output and gradients against nn.Conv's with the same kernel."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, size, size, 5)).astype(np.float32)
+  dot = resnet.PointwiseConv(3, (1, 1), strides)
+  conv = nn.Conv(3, (1, 1), strides, padding='SAME', use_bias=False)
+  variables = dot.init(jax.random.key(0), x)
+  chex.assert_trees_all_equal_shapes(variables, conv.init(jax.random.key(0), x))
+  w = np.asarray(variables['params']['kernel'], np.float64)[0, 0]
+  out = (size + 1) // 2 if strides[0] == 2 else size
+  want = np.zeros((2, out, out, 3))
+  for n in range(2):
+    for i in range(out):
+      for j in range(out):
+        want[n, i, j] = x[n, i * strides[0], j * strides[1]].astype(np.float64) @ w
+  np.testing.assert_allclose(dot.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(conv.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+  probe = rng.normal(size=want.shape).astype(np.float32)
+  grads = [jax.grad(lambda v, x: jnp.sum(m.apply(v, x) * probe), argnums=(0, 1))(variables, x)
+           for m in (dot, conv)]
+  chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['resnet_tiny', 'resnet50'])
+def test_pointwise_dot_backbone_equals_the_conv_backbone(name):
+  """Same parameters, same features and gradients, whichever way 1x1 convolutions run."""
+  x = np.random.default_rng(1).normal(size=(2, 40, 40, 3)).astype(np.float32)
+  nets = [resnet.get_backbone(name, pointwise_conv=p) for p in resnet.POINTWISE_CONVS]
+  variables = nets[0].init(jax.random.key(0), x, train=False)
+  chex.assert_trees_all_equal_shapes(variables, nets[1].init(jax.random.key(0), x, train=False))
+  outs = []
+  for net in nets:
+    def loss(params, net=net):
+      features, _ = net.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+      return jnp.sum(features['stage4'] ** 2), features
+    grads, features = jax.grad(loss, has_aux=True)(variables['params'])
+    outs.append((features, grads))
+  chex.assert_trees_all_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-4)
+  chex.assert_trees_all_close(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-3)
+
+
+def test_unknown_pointwise_conv_is_refused():
+  with pytest.raises(ValueError, match="Unknown pointwise_conv 'matmul'; valid: \\['conv', 'dot'\\]"):
+    resnet.get_backbone('resnet_tiny', pointwise_conv='matmul').init(
+        jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))

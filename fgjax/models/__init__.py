@@ -45,4 +45,4 @@ def build_model(model_config, num_classes: int, bn_axis_name=None):
   return model_class(model_config.name)(
       num_classes=num_classes, backbone=model_config.backbone,
       dtype=jnp.dtype(model_config.dtype), bn_axis_name=bn_axis_name,
-      **model_settings(model_config))
+      pointwise_conv=model_config.pointwise_conv, **model_settings(model_config))

@@ -158,8 +158,7 @@ class FDL(regions.RegionModel):
     regions.check_counts(self.cat_num, self.proposal_num, 'cat_num', 'proposal_num')
     batch, height, width = images.shape[:3]
     backbone = regions.shared_backbone(
-        self.backbone, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-        separate_part_stats=self.separate_part_stats and not self.image_level_only)
+        self, separate_part_stats=self.separate_part_stats and not self.image_level_only)
     features = backbone(images, train)
     image_fc = nn.Dense(self.num_classes, use_bias=self.classifier_bias, dtype=jnp.float32,
                         name='image_fc')

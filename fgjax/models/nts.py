@@ -81,9 +81,7 @@ class NTSNet(regions.NavigatedModel):
     height, width = images.shape[1:3]
     anchors, pad_px, part_px = regions.anchors_and_sizes(
         (height, width), self.pad, self.part_size, self.reference_size, self.anchor_grid)
-    backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
-                                       bn_axis_name=self.bn_axis_name,
-                                       separate_part_stats=self.separate_part_stats)
+    backbone = regions.shared_backbone(self, separate_part_stats=self.separate_part_stats)
     features = backbone(images, train)
     anchor_scores = regions.navigate(features['stage4'], anchors.shape[0], (height, width),
                                      width=self.navigator_width, dtype=self.dtype,

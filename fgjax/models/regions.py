@@ -56,6 +56,8 @@ class RegionModel(nn.Module):
     backbone: a name for `fgjax.models.resnet.get_backbone`.
     dtype: computation dtype of the backbone and the model's layers; logits are float32.
     bn_axis_name: BatchNorm's cross-device axis, or None.
+    pointwise_conv: 'conv' or 'dot', how the backbone's 1x1 convolutions run
+      (fgjax.models.resnet).
     proposal_num: regions kept per image after NMS (NTS-Net's PROPOSAL_NUM, FDL's m: 6).
     cat_num: the top-scoring regions in the concatenated / hybrid feature (CAT_NUM, l: 4).
     nms_iou: NMS suppression threshold (0.25).
@@ -69,6 +71,7 @@ class RegionModel(nn.Module):
   backbone: str = 'resnet50'
   dtype: Any = jnp.float32
   bn_axis_name: Any = None
+  pointwise_conv: str = 'conv'
   proposal_num: int = 6
   cat_num: int = 4
   nms_iou: float = 0.25
@@ -90,10 +93,12 @@ class NavigatedModel(RegionModel):
   navigator_width: int = 128
 
 
-def shared_backbone(backbone: str, *, dtype, bn_axis_name, separate_part_stats: bool):
-  """The backbone a region model runs on images and parts (submodule 'backbone')."""
-  return resnet.get_backbone(backbone, dtype=dtype, bn_axis_name=bn_axis_name,
-                             bn_domains=2 if separate_part_stats else 1, name='backbone')
+def shared_backbone(model: 'RegionModel', *, separate_part_stats: bool):
+  """The backbone a region model runs on images and parts (submodule 'backbone'), as the
+  model's fields describe it (backbone, dtype, bn_axis_name, pointwise_conv)."""
+  return resnet.get_backbone(model.backbone, dtype=model.dtype, bn_axis_name=model.bn_axis_name,
+                             bn_domains=2 if separate_part_stats else 1,
+                             pointwise_conv=model.pointwise_conv, name='backbone')
 
 
 def check_counts(kept: int, total: int, kept_name: str, total_name: str) -> None:

@@ -19,6 +19,13 @@ BatchNorm keeps one set of running averages per domain (`mean`/`var` are
 [2, C]) while the convolutions and the BatchNorm scale and bias stay shared;
 `backbone(x, train, domain=1)` normalises and updates with domain 1. With the
 default `bn_domains=1` the layers are plain BatchNorm ([C] statistics).
+
+1x1 convolutions: `pointwise_conv='conv'` runs them as XLA convolutions, 'dot' as
+matrix products over the channels of the (strided) input. The two compute the same
+function with the same parameters (kernel [1, 1, C_in, C_out]); 'dot' is for speed on
+XLA:CPU, where the kernel gradient of a 1x1 convolution ran about 4x slower as a
+convolution than as the product x^T dy (launch/benchmark.py --mode=compare measures it).
+
 Parameter names follow a fixed scheme (`stem_conv`, `stem_bn`,
 `stage{s}_block{b}/conv{i}` ...) that `fgjax.models.pretrained` maps torchvision
 weights onto.
@@ -36,6 +43,45 @@ BN_MOMENTUM = 0.9  # flax convention: running = momentum * running + (1 - moment
 # 3x3 convolutions pad one pixel on every side, as torchvision does ('SAME' pads
 # (0, 1) for a stride-2 convolution on an even size and would shift features).
 PAD3 = ((1, 1), (1, 1))
+POINTWISE_CONVS = ('conv', 'dot')  # How 1x1 convolutions are computed (module docstring).
+
+
+class PointwiseConv(nn.Module):
+  """A 1x1 convolution (no bias) as a matrix product: y[n, i, j] = x[n, s i, s j] @ W.
+
+  Its parameter is nn.Conv's: 'kernel' [1, 1, C_in, C_out]; so are its output and, up
+  to float rounding, its gradients.
+  """
+  features: int
+  kernel_size: Sequence[int] = (1, 1)
+  strides: Sequence[int] = (1, 1)
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    if tuple(self.kernel_size) != (1, 1):
+      raise ValueError(f'PointwiseConv is 1x1 only, got kernel_size {self.kernel_size}.')
+    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features),
+                        jnp.float32)
+    sy, sx = self.strides
+    x = x[:, ::sy, ::sx, :].astype(self.dtype)
+    return lax.dot_general(x, kernel[0, 0].astype(self.dtype), (((3,), (0,)), ((), ())))
+
+
+def _conv_factory(pointwise_conv: str, **common):
+  """`conv(features, kernel_size, strides=(1, 1), padding=..., name=...)`: nn.Conv, or
+  PointwiseConv for a 1x1 kernel when `pointwise_conv` is 'dot'."""
+  if pointwise_conv not in POINTWISE_CONVS:
+    raise ValueError(f'Unknown pointwise_conv {pointwise_conv!r}; valid: {list(POINTWISE_CONVS)}.')
+
+  def conv(features, kernel_size, strides=(1, 1), padding='SAME', name=None):
+    if pointwise_conv == 'dot' and tuple(kernel_size) == (1, 1):
+      return PointwiseConv(features, kernel_size, strides, dtype=common['dtype'],
+                           kernel_init=common['kernel_init'], name=name)
+    return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, name=name,
+                   **common)
+  return conv
 
 
 class BatchNorm(nn.Module):
@@ -142,6 +188,7 @@ class ResNet(nn.Module):
     bn_axis_name: pmap/shard_map axis over which BatchNorm averages its batch
       statistics, or None.
     bn_domains: sets of BatchNorm running statistics (module docstring).
+    pointwise_conv: 'conv' or 'dot', how 1x1 convolutions run (module docstring).
   """
   stage_sizes: Sequence[int]
   block: Any = BottleneckBlock
@@ -149,12 +196,12 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: Any = None
   bn_domains: int = 1
+  pointwise_conv: str = 'conv'
 
   @nn.compact
   def __call__(self, x, train: bool = False, domain: int = 0):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
-                             kernel_init=nn.initializers.variance_scaling(
-                                 2.0, 'fan_out', 'normal'))
+    conv = _conv_factory(self.pointwise_conv, dtype=self.dtype,
+                         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
                              axis_name=self.bn_axis_name if train else None,
                              domains=self.bn_domains)

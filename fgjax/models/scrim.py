@@ -127,9 +127,7 @@ class SCRIM(regions.NavigatedModel):
     per_fpl, cat_per_fpl = self.proposal_num // max(num_fpl, 1), self.cat_num // max(num_fpl, 1)
     regions.check_counts(cat_per_fpl, per_fpl, 'cat_num per FPL', 'proposal_num per FPL')
     height, width = images.shape[1:3]
-    backbone = regions.shared_backbone(self.backbone, dtype=self.dtype,
-                                       bn_axis_name=self.bn_axis_name,
-                                       separate_part_stats=self.separate_part_stats)
+    backbone = regions.shared_backbone(self, separate_part_stats=self.separate_part_stats)
     features = backbone(images, train)
     outputs, coarse = {}, []
     for stage in stages:
