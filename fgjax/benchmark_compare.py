@@ -82,6 +82,26 @@ def torch_train_step(*, backbone: str, image_size: int, batch_size: int, dtype: 
   return step, info
 
 
+def compare_mode(*, backbone, image_size, batch_size, dtypes, layouts, steps,
+                 warmup) -> list[dict]:
+  """launch/benchmark.py's compare mode: `compare_train` with comma-separated lists."""
+  return compare_train(backbone=backbone, image_size=image_size, batch_size=batch_size,
+                       dtypes=_names(dtypes), layouts=_names(layouts), steps=steps, warmup=warmup)
+
+
+def _names(value) -> list[str]:
+  return [v.strip() for v in value.split(',')] if isinstance(value, str) else list(value)
+
+
+# launch/benchmark.py's table: (header, record key, format).
+COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
+           ('fgjax step s', 'fgjax_step_s', '.3f'), ('torch step s', 'torch_step_s', '.3f'),
+           ('fgjax/torch', 'fgjax_over_torch', '.2f'), ('fgjax dot s', 'fgjax_dot_step_s', '.3f'),
+           ('fgjax dot/torch', 'fgjax_dot_over_torch', '.2f'),
+           ('fgjax img/s', 'fgjax_images_per_s', '.1f'), ('torch img/s', 'torch_images_per_s', '.1f'),
+           ('fgjax compile s', 'fgjax_compile_s', '.1f'))
+
+
 def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Sequence[str],
                   layouts: Sequence[str], steps: int, warmup: int,
                   num_classes: int = 200) -> list[dict]:

@@ -30,6 +30,7 @@ import numpy as np
 import PIL
 import psutil
 
+from fgjax import benchmark_compare
 from fgjax import benchmark_input
 
 
@@ -196,14 +197,6 @@ def train_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup)
 
 
-def compare_mode(*, backbone, image_size, batch_size, dtypes, layouts, steps,
-                 warmup) -> list[dict]:
-  from fgjax import benchmark_compare  # pylint: disable=g-import-not-at-top
-  return benchmark_compare.compare_train(
-      backbone=backbone, image_size=image_size, batch_size=batch_size,
-      dtypes=_str_list(dtypes), layouts=_str_list(layouts), steps=steps, warmup=warmup)
-
-
 def _only(fn: Callable, options: dict) -> dict:
   return {k: v for k, v in options.items() if k in inspect.signature(fn).parameters}
 
@@ -293,15 +286,6 @@ _TRAIN_COLUMNS = (('model', 'model', 's'), ('devices', 'devices', 'd'),
                   ('XLA mem MiB', 'xla_memory_bytes', '.0f'),
                   ('peak mem MiB', 'peak_memory_bytes', '.0f'))
 
-_COMPARE_COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
-                    ('fgjax step s', 'fgjax_step_s', '.3f'), ('torch step s', 'torch_step_s', '.3f'),
-                    ('fgjax/torch', 'fgjax_over_torch', '.2f'),
-                    ('fgjax dot s', 'fgjax_dot_step_s', '.3f'),
-                    ('fgjax dot/torch', 'fgjax_dot_over_torch', '.2f'),
-                    ('fgjax img/s', 'fgjax_images_per_s', '.1f'),
-                    ('torch img/s', 'torch_images_per_s', '.1f'),
-                    ('fgjax compile s', 'fgjax_compile_s', '.1f'))
-
 MODES = {
     'data': Mode(data_mode, {**_SOURCE, 'workers': '0,1,2', 'batch_size': 32, 'num_batches': 20,
                              'warmup_batches': 2, 'image_size': 448, 'resize_size': 600},
@@ -313,9 +297,9 @@ MODES = {
                                'steps': 10, 'warmup': 2}, _TRAIN_COLUMNS),
     'fft': Mode(fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
                            'repeats': 20}, _FFT_COLUMNS),
-    'compare': Mode(compare_mode, {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
+    'compare': Mode(benchmark_compare.compare_mode, {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
                                    'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
-                                   'steps': 5, 'warmup': 2}, _COMPARE_COLUMNS),
+                                   'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),
     # Small: a quick look at both on a new machine.
     'all': Mode(all_mode, {**_SOURCE, 'workers': '0,1', 'batch_size': 4, 'num_batches': 24,
                            'warmup_batches': 2, 'image_size': 448, 'resize_size': 600,
