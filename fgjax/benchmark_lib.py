@@ -10,10 +10,13 @@ records; no test times anything.
   decode: single-thread CPU cost of each stage of the train transform.
           (Both measured in fgjax.benchmark_input.)
   train:  compile time, step time, XLA FLOPs and memory of each model's step.
+  eval:   the same for the exact-evaluation step (forward in eval mode, masked sums).
   all:    data and train with small defaults.
   compare: fgjax's ResNet train step against PyTorch's, alternately in one process
           (fgjax.benchmark_compare; needs torch).
-  fft:    SSANet's Fourier ridge solver against the explicit circulant solve.
+  memory: XLA's memory estimate of each model's train step, and the largest batch that fits.
+  fft:    SSANet's Fourier ridge solver against the explicit circulant solve
+          (fgjax.benchmark_fft).
 """
 
 import dataclasses
@@ -31,6 +34,7 @@ import PIL
 import psutil
 
 from fgjax import benchmark_compare
+from fgjax import benchmark_fft
 from fgjax import benchmark_input
 
 
@@ -50,8 +54,10 @@ def _peak_memory_bytes(devices) -> int | None:
 
 
 def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size: int,
-                       dtype: str, num_classes: int, parallel, pointwise_conv: str = 'conv'):
-  """Compiles one model's pmapped train step on a fixed random batch.
+                       dtype: str, num_classes: int, parallel, pointwise_conv: str = 'conv',
+                       kind: str = 'train'):
+  """Compiles one model's pmapped train step (or with kind='eval' its exact-evaluation
+  step, train_step.eval_step) on a fixed random batch.
 
   Returns (step, record): `step()` runs one step on the state the previous one left and
   waits for it; `record` holds the compile time, XLA's FLOPs and memory estimate.
@@ -67,8 +73,12 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
   model, schedule, tx = train.build_model_and_optimizer(config, num_classes, steps_per_epoch=100)
   state = ts.create_train_state(model, tx, jax.random.key(0), image_size)
   state = parallel.replicate(state)
-  p_train = parallel.map(functools.partial(ts.train_step, model=model, tx=tx, schedule=schedule,
-                                           rng=jax.random.key(1)), donate_state=True)
+  if kind == 'eval':  # The state stays as it is: nothing to donate.
+    p_train = parallel.map(functools.partial(ts.eval_step, model=model))
+  else:
+    p_train = parallel.map(functools.partial(ts.train_step, model=model, tx=tx,
+                                             schedule=schedule, rng=jax.random.key(1)),
+                           donate_state=True)
   batch = parallel.shard_batch(_random_batch(parallel.num_local_devices, batch_size,
                                              image_size, num_classes))
   # Placed as the replicated state is (one slice per device): steps time no host transfer.
@@ -82,14 +92,17 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
   latest = {'state': state, 'metrics': None}
 
   def step():
-    latest['state'], latest['metrics'] = compiled(latest['state'], batch)
+    if kind == 'eval':
+      latest['metrics'] = compiled(latest['state'], batch)
+    else:
+      latest['state'], latest['metrics'] = compiled(latest['state'], batch)
     jax.block_until_ready(latest)
 
   def loss_finite() -> bool:
     return bool(np.isfinite(parallel.to_host(latest['metrics'])['loss']))
 
   record = {
-      'mode': 'train', 'model': name, 'backbone': backbone, 'image_size': image_size,
+      'mode': kind, 'model': name, 'backbone': backbone, 'image_size': image_size,
       'dtype': dtype, 'pointwise_conv': pointwise_conv, 'devices': parallel.num_local_devices,
       'device_kind': parallel.local_devices[0].device_kind, 'batch_per_device': batch_size,
       'compile_s': compile_s, 'flops_per_device_step': float(cost.get('flops', 0.0)),
@@ -101,11 +114,11 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
 
 
 def _time_train_step(name: str, *, backbone: str, image_size: int, batch_size: int, dtype: str,
-                     steps: int, warmup: int, num_classes: int, parallel) -> dict:
-  """Compiles one model's pmapped train step and times it on a fixed random batch."""
+                     steps: int, warmup: int, num_classes: int, parallel, kind: str) -> dict:
+  """Compiles one model's pmapped train (or eval) step and times it on a fixed batch."""
   step, record = prepare_train_step(name, backbone=backbone, image_size=image_size,
                                     batch_size=batch_size, dtype=dtype, num_classes=num_classes,
-                                    parallel=parallel)
+                                    parallel=parallel, kind=kind)
   times = []
   for i in range(warmup + steps):
     t0 = time.perf_counter()
@@ -122,8 +135,9 @@ def _time_train_step(name: str, *, backbone: str, image_size: int, batch_size: i
 
 def benchmark_train(model_names: Sequence[str], *, backbone: str, image_size: int,
                     batch_size: int, dtype: str, steps: int, warmup: int, num_classes: int = 200,
-                    devices=None) -> list[dict]:
-  """Train-step time of each model on all local devices (pmap), against resnet's.
+                    devices=None, kind: str = 'train') -> list[dict]:
+  """Train-step time of each model on all local devices (pmap), against resnet's; with
+  kind='eval', the time of its exact-evaluation step (eval mode: forward and masked sums).
 
   Compilation is timed apart from the steps; `warmup` executions follow it
   untimed; the step time is the median of `steps` executions, each waited
@@ -142,12 +156,12 @@ def benchmark_train(model_names: Sequence[str], *, backbone: str, image_size: in
   records = []
   for name in model_names:
     if name not in models.MODELS:
-      records.append({'mode': 'train', 'model': name,
+      records.append({'mode': kind, 'model': name,
                       'skipped': f'not in fgjax.models.MODELS {sorted(models.MODELS)}'})
       continue
     records.append(_time_train_step(
         name, backbone=backbone, image_size=image_size, batch_size=batch_size, dtype=dtype,
-        steps=steps, warmup=warmup, num_classes=num_classes, parallel=parallel))
+        steps=steps, warmup=warmup, num_classes=num_classes, parallel=parallel, kind=kind))
   return add_resnet_ratios(records)
 
 
@@ -197,6 +211,41 @@ def train_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup)
 
 
+def benchmark_memory(model_names: Sequence[str], *, backbone: str, image_size: int, dtype: str,
+                     memory_gib: float, num_classes: int = 200) -> list[dict]:
+  """XLA's memory estimate of each model's compiled train step (arguments + outputs +
+  temporaries - donated) at 1 and 2 images per device, and the largest batch per device
+  within `memory_gib` on the line through them:
+    bytes(b) = fixed + b * per_image,  largest = floor((memory - fixed) / per_image).
+  Nothing runs; the estimate is the compiling backend's (XLA:CPU's here: a GPU's buffers
+  and its allocator's fragmentation differ, so measure there before relying on it)."""
+  from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
+  parallel, records = ts.Parallel('pmap'), []
+  for name in model_names:
+    sizes = [prepare_train_step(name, backbone=backbone, image_size=image_size, batch_size=b,
+                                dtype=dtype, num_classes=num_classes,
+                                parallel=parallel)[1]['xla_memory_bytes'] for b in (1, 2)]
+    per_image, fixed = sizes[1] - sizes[0], 2 * sizes[0] - sizes[1]
+    largest = int((memory_gib * 2**30 - fixed) // per_image) if per_image > 0 else None
+    records.append({'mode': 'memory', 'model': name, 'backbone': backbone,
+                    'image_size': image_size, 'dtype': dtype, 'xla_bytes_batch1': sizes[0],
+                    'xla_bytes_batch2': sizes[1], 'per_image_bytes': per_image,
+                    'fixed_bytes': fixed, 'memory_gib': memory_gib,
+                    'largest_batch_per_device': largest})
+  return records
+
+
+def memory_mode(*, models, backbone, image_size, dtype, memory_gib) -> list[dict]:
+  return benchmark_memory(_str_list(models), backbone=backbone, image_size=image_size,
+                          dtype=dtype, memory_gib=memory_gib)
+
+
+def eval_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup) -> list[dict]:
+  return benchmark_train(_str_list(models), backbone=backbone, image_size=image_size,
+                         batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup,
+                         kind='eval')
+
+
 def _only(fn: Callable, options: dict) -> dict:
   return {k: v for k, v in options.items() if k in inspect.signature(fn).parameters}
 
@@ -214,53 +263,6 @@ class Mode:
   columns: tuple[tuple, ...]
 
 
-def benchmark_fft(scales: Sequence[int], *, channels: int, batch_size: int,
-                  repeats: int) -> list[dict]:
-  """Circulant ridge regression: the Fourier solver against the explicit dense solve.
-
-  Both are jitted (fgjax.ops.scale_mining.ridge_filter_fft / ridge_filter_dense)
-  on `batch_size` problems of S scales x `channels`; each record has the median of
-  `repeats` timed calls per S. The last record summarises: the first S where the
-  FFT is faster (crossover) and the log-log growth exponent of each solver's time
-  over the largest half of the S range.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from fgjax.ops import scale_mining  # pylint: disable=g-import-not-at-top
-  solvers = {'fft': jax.jit(scale_mining.ridge_filter_fft, static_argnums=2),
-             'dense': jax.jit(scale_mining.ridge_filter_dense, static_argnums=2)}
-  rng = np.random.default_rng(0)
-  records = []
-  for s in scales:
-    x = jnp.asarray(rng.normal(size=(batch_size, s, channels)), jnp.float32)
-    y = jnp.asarray(scale_mining.gaussian_shift_target(s, 0.5), jnp.float32)
-    record = {'mode': 'fft', 'scales': s, 'channels': channels, 'batch_size': batch_size}
-    for name, fn in solvers.items():
-      fn(x, y, 1e-2).block_until_ready()  # Compile.
-      times = []
-      for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x, y, 1e-2).block_until_ready()
-        times.append(time.perf_counter() - t0)
-      record[f'{name}_ms'] = 1e3 * statistics.median(times)
-    record['speedup'] = record['dense_ms'] / record['fft_ms']
-    records.append(record)
-  faster = [r['scales'] for r in records if r['speedup'] > 1]
-  summary = {'mode': 'fft', 'scales': 'summary', 'crossover_scales': faster[0] if faster else None}
-  big = records[len(records) // 2:]
-  if len(big) >= 2:
-    log_s = np.log([r['scales'] for r in big])
-    for name in solvers:
-      summary[f'{name}_growth_exponent'] = float(np.polyfit(log_s, np.log([r[f'{name}_ms']
-                                                                           for r in big]), 1)[0])
-  return records + [summary]
-
-
-def fft_mode(*, scales, channels, batch_size, repeats) -> list[dict]:
-  return benchmark_fft(_int_list(scales), channels=channels, batch_size=batch_size,
-                       repeats=repeats)
-
-
 _SOURCE = {'dataset': None, 'data_dir': '~/tensorflow_datasets', 'split': 'train',
            'builder_config': None}
 _DATA_COLUMNS = (('workers', 'workers', 'd'), ('images', 'images', 'd'),
@@ -273,10 +275,6 @@ _DECODE_COLUMNS = (('stage', 'stage', 's'), ('images', 'images', 'd'),
                    ('img/cpu-s', 'images_per_cpu_s', '.1f'), ('max |diff|', 'max_abs_diff', 'd'),
                    ('differing', 'fraction_differing', '.1%'), ('JPEG', 'encoded_size', 's'),
                    ('decoded at', 'draft_decoded_size', 's'))
-_FFT_COLUMNS = (('S', 'scales', 's'), ('FFT ms', 'fft_ms', '.3f'), ('dense ms', 'dense_ms', '.3f'),
-                ('dense/FFT', 'speedup', '.2f'), ('crossover S', 'crossover_scales', 'd'),
-                ('FFT growth', 'fft_growth_exponent', '.2f'),
-                ('dense growth', 'dense_growth_exponent', '.2f'))
 _TRAIN_COLUMNS = (('model', 'model', 's'), ('devices', 'devices', 'd'),
                   ('batch/dev', 'batch_per_device', 'd'), ('compile s', 'compile_s', '.1f'),
                   ('step s', 'step_s_median', '.3f'), ('img/s', 'images_per_s', '.2f'),
@@ -295,8 +293,16 @@ MODES = {
     'train': Mode(train_mode, {'models': 'resnet,nts,fdl,ssanet', 'backbone': 'resnet50',
                                'image_size': 448, 'batch_size': 2, 'dtype': 'float32',
                                'steps': 10, 'warmup': 2}, _TRAIN_COLUMNS),
-    'fft': Mode(fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
-                           'repeats': 20}, _FFT_COLUMNS),
+    'eval': Mode(eval_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
+                             'image_size': 448, 'batch_size': 8, 'dtype': 'float32',
+                             'steps': 5, 'warmup': 1}, _TRAIN_COLUMNS),
+    'memory': Mode(memory_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
+                                 'image_size': 448, 'dtype': 'bfloat16', 'memory_gib': 80.0},
+                   (('model', 'model', 's'), ('MiB at 1', 'xla_bytes_batch1', '.0f'),
+                    ('MiB at 2', 'xla_bytes_batch2', '.0f'), ('MiB/image', 'per_image_bytes', '.0f'),
+                    ('largest batch', 'largest_batch_per_device', 'd'))),
+    'fft': Mode(benchmark_fft.fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
+                           'repeats': 20}, benchmark_fft.COLUMNS),
     'compare': Mode(benchmark_compare.compare_mode, {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
                                    'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
                                    'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),

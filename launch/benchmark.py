@@ -4,6 +4,8 @@ r"""Measures input-pipeline and train-step speed and memory.
   python launch/benchmark.py --mode=decode
   python launch/benchmark.py --mode=train --models=resnet,nts,fdl,ssanet \
       --backbone=resnet50 --image_size=448 --batch_size=2 --dtype=bfloat16 --steps=10
+  python launch/benchmark.py --mode=eval --models=resnet,nts,fdl,ssanet,scrim --image_size=448
+  python launch/benchmark.py --mode=memory --image_size=448 --dtype=bfloat16 --memory_gib=80
   python launch/benchmark.py --mode=fft --scales=4,8,16,32,64,128,256
   python launch/benchmark.py --mode=compare --backbone=resnet50 --image_size=224 \
       --batch_size=8 --dtypes=float32,bfloat16 --layouts=nchw,channels_last --steps=5
@@ -42,6 +44,7 @@ flags.DEFINE_string('backbone', None, 'Backbone of every model, e.g. resnet50, r
 flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Computation dtype.')
 flags.DEFINE_integer('steps', None, 'Timed train steps per model.')
 flags.DEFINE_integer('warmup', None, 'Untimed train steps after compilation.')
+flags.DEFINE_float('memory_gib', None, 'memory: device memory to fit a batch in, GiB.')
 # compare (needs torch: pip install -e '.[compare]').
 flags.DEFINE_list('dtypes', None, 'compare: dtypes to compare in, e.g. float32,bfloat16.')
 flags.DEFINE_list('layouts', None, 'compare: torch memory layouts, nchw and/or channels_last.')
@@ -54,7 +57,7 @@ FLAGS = flags.FLAGS
 
 _OPTIONS = ('dataset', 'data_dir', 'split', 'builder_config', 'workers', 'num_batches',
             'warmup_batches', 'resize_size', 'image_size', 'batch_size', 'models', 'backbone',
-            'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts')
+            'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts', 'memory_gib')
 
 
 def main(argv):

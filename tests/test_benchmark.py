@@ -98,3 +98,35 @@ def test_fft_mode_records_every_scale_and_a_summary():
     assert r['speedup'] == r['dense_ms'] / r['fft_ms']
   assert 'fft_growth_exponent' in rows[-1] and 'crossover_scales' in rows[-1]
   assert 'crossover S' in benchmark_lib.format_table(records)
+
+
+def test_eval_mode_times_the_exact_evaluation_step():
+  (machine, record) = benchmark_lib.run_mode('eval', {
+      'models': 'resnet', 'backbone': 'resnet_tiny', 'image_size': 32, 'batch_size': 2,
+      'steps': 2, 'warmup': 0})
+  assert machine['mode'] == 'machine' and record['mode'] == 'eval'
+  assert record['images_per_s'] == pytest.approx(
+      record['devices'] * 2 / record['step_s_median'])
+  assert record['loss_finite'] and record['compile_s'] > 0
+  # The forward alone: fewer FLOPs than the train step of the same model and batch.
+  train = benchmark_lib.benchmark_train(['resnet'], backbone='resnet_tiny', image_size=32,
+                                        batch_size=2, dtype='float32', steps=1, warmup=0)[0]
+  assert 0 < record['flops_per_device_step'] < train['flops_per_device_step'] / 2
+  assert 'eval' in benchmark_lib.format_table([record])
+
+
+def test_memory_mode_extrapolates_the_line_through_batch_1_and_2(monkeypatch):
+  sizes = {1: 300 * 2**20, 2: 500 * 2**20}  # 100 MiB fixed, 200 MiB per image.
+  def fake_prepare(name, *, batch_size, **unused):
+    del unused
+    return None, {'xla_memory_bytes': sizes[batch_size]}
+  monkeypatch.setattr(benchmark_lib, 'prepare_train_step', fake_prepare)
+  (record,) = benchmark_lib.benchmark_memory(['fdl'], backbone='resnet50', image_size=448,
+                                             dtype='bfloat16', memory_gib=1.0)
+  assert record['per_image_bytes'] == 200 * 2**20 and record['fixed_bytes'] == 100 * 2**20
+  assert record['largest_batch_per_device'] == 4  # (1024 - 100) // 200.
+  monkeypatch.undo()
+  (real,) = benchmark_lib.benchmark_memory(['resnet'], backbone='resnet_tiny', image_size=32,
+                                           dtype='float32', memory_gib=1.0)
+  assert real['xla_bytes_batch2'] > real['xla_bytes_batch1'] > 0
+  assert real['largest_batch_per_device'] == (2**30 - real['fixed_bytes']) // real['per_image_bytes']
