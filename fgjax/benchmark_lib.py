@@ -228,8 +228,8 @@ def benchmark_memory(model_names: Sequence[str], *, backbone: str, image_size: i
     per_image, fixed = sizes[1] - sizes[0], 2 * sizes[0] - sizes[1]
     largest = int((memory_gib * 2**30 - fixed) // per_image) if per_image > 0 else None
     records.append({'mode': 'memory', 'model': name, 'backbone': backbone,
-                    'image_size': image_size, 'dtype': dtype, 'xla_bytes_batch1': sizes[0],
-                    'xla_bytes_batch2': sizes[1], 'per_image_bytes': per_image,
+                    'image_size': image_size, 'dtype': dtype, 'xla_batch1_bytes': sizes[0],
+                    'xla_batch2_bytes': sizes[1], 'per_image_bytes': per_image,
                     'fixed_bytes': fixed, 'memory_gib': memory_gib,
                     'largest_batch_per_device': largest})
   return records
@@ -298,8 +298,8 @@ MODES = {
                              'steps': 5, 'warmup': 1}, _TRAIN_COLUMNS),
     'memory': Mode(memory_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
                                  'image_size': 448, 'dtype': 'bfloat16', 'memory_gib': 80.0},
-                   (('model', 'model', 's'), ('MiB at 1', 'xla_bytes_batch1', '.0f'),
-                    ('MiB at 2', 'xla_bytes_batch2', '.0f'), ('MiB/image', 'per_image_bytes', '.0f'),
+                   (('model', 'model', 's'), ('MiB at 1', 'xla_batch1_bytes', '.1f'),
+                    ('MiB at 2', 'xla_batch2_bytes', '.1f'), ('MiB/image', 'per_image_bytes', '.1f'),
                     ('largest batch', 'largest_batch_per_device', 'd'))),
     'fft': Mode(benchmark_fft.fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
                            'repeats': 20}, benchmark_fft.COLUMNS),

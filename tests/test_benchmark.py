@@ -128,5 +128,5 @@ def test_memory_mode_extrapolates_the_line_through_batch_1_and_2(monkeypatch):
   monkeypatch.undo()
   (real,) = benchmark_lib.benchmark_memory(['resnet'], backbone='resnet_tiny', image_size=32,
                                            dtype='float32', memory_gib=1.0)
-  assert real['xla_bytes_batch2'] > real['xla_bytes_batch1'] > 0
+  assert real['xla_batch2_bytes'] > real['xla_batch1_bytes'] > 0
   assert real['largest_batch_per_device'] == (2**30 - real['fixed_bytes']) // real['per_image_bytes']
