@@ -28,7 +28,6 @@ import json
 import os
 import re
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,23 +89,12 @@ def view_batches(source, spec: pipeline.ImageSpec, tta=(), *, global_batch_size:
   if global_batch_size % process_count or batch % num_devices:
     raise ValueError(f'Eval batch size {global_batch_size} is not divisible by the '
                      f'{process_count} processes x {num_devices} local devices.')
-  bounds = np.linspace(0, len(source), process_count + 1).astype(int)
-  num_batches = -(-int(np.max(np.diff(bounds))) // batch)
   to_views = lambda e: {'image': view_images(e, spec, tta), 'label': e['label'],
                         'mask': np.float32(1.0)}
-  ds = grain.MapDataset.source(source)[bounds[process_index]:bounds[process_index + 1]]
-  ds = ds.map(to_views).batch(batch, drop_remainder=False)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
-  if num_workers:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  shape = (num_views(tta), spec.image_size, spec.image_size, 3)
-  produced = 0
-  # pylint: disable=protected-access
-  for b in it_ds:
-    produced += 1
-    yield pipeline._to_device_layout(pipeline._pad(b, batch, shape), num_devices)
-  for _ in range(num_batches - produced):
-    yield pipeline._to_device_layout(pipeline._pad(None, batch, shape), num_devices)
+  return pipeline.eval_batches(
+      source, spec, global_batch_size=global_batch_size, num_devices=num_devices,
+      process_index=process_index, process_count=process_count, num_workers=num_workers,
+      transform=to_views, image_shape=(num_views(tta), spec.image_size, spec.image_size, 3))
 
 
 def view_outputs(state, images, *, model) -> dict:

@@ -232,12 +232,15 @@ def make_train_iterator(source, spec: ImageSpec, *, global_batch_size: int, seed
 
 
 def eval_batches(source, spec: ImageSpec, *, global_batch_size: int, num_devices: int,
-                 process_index: int = 0, process_count: int = 1, num_workers: int = 0):
+                 process_index: int = 0, process_count: int = 1, num_workers: int = 0,
+                 transform=None, image_shape=None):
   """Yields every example of `source` exactly once, in padded, masked batches.
 
   Each process reads a contiguous shard. All processes yield the same number of
   batches (collectives need every process in every step): short shards and the
-  last batch are padded with zero images whose mask is 0.
+  last batch are padded with zero images whose mask is 0. `transform` (default
+  `eval_transform(spec)`) maps an example to {'image' of `image_shape` (default
+  [S, S, 3]), 'label', 'mask'}: fgjax.evaluation gives each image several views.
   """
   batch = global_batch_size // process_count
   if batch % num_devices:
@@ -248,12 +251,12 @@ def eval_batches(source, spec: ImageSpec, *, global_batch_size: int, num_devices
   start, stop = bounds[process_index], bounds[process_index + 1]
   max_shard = int(np.max(np.diff(bounds)))
   num_batches = -(-max_shard // batch)
-  ds = grain.MapDataset.source(source)[start:stop].map(eval_transform(spec))
+  ds = grain.MapDataset.source(source)[start:stop].map(transform or eval_transform(spec))
   ds = ds.batch(batch, drop_remainder=False)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
   if num_workers:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  shape = (spec.image_size, spec.image_size, 3)
+  shape = image_shape or (spec.image_size, spec.image_size, 3)
   produced = 0
   for b in it_ds:
     produced += 1
