@@ -85,12 +85,10 @@ def torch_train_step(*, backbone: str, image_size: int, batch_size: int, dtype: 
 def compare_mode(*, backbone, image_size, batch_size, dtypes, layouts, steps,
                  warmup) -> list[dict]:
   """launch/benchmark.py's compare mode: `compare_train` with comma-separated lists."""
+  from fgjax import benchmark_lib  # pylint: disable=g-import-not-at-top  # It imports this.
   return compare_train(backbone=backbone, image_size=image_size, batch_size=batch_size,
-                       dtypes=_names(dtypes), layouts=_names(layouts), steps=steps, warmup=warmup)
-
-
-def _names(value) -> list[str]:
-  return [v.strip() for v in value.split(',')] if isinstance(value, str) else list(value)
+                       dtypes=benchmark_lib.str_list(dtypes),
+                       layouts=benchmark_lib.str_list(layouts), steps=steps, warmup=warmup)
 
 
 # launch/benchmark.py's table: (header, record key, format).
@@ -98,7 +96,8 @@ COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
            ('fgjax step s', 'fgjax_step_s', '.3f'), ('torch step s', 'torch_step_s', '.3f'),
            ('fgjax/torch', 'fgjax_over_torch', '.2f'), ('fgjax dot s', 'fgjax_dot_step_s', '.3f'),
            ('fgjax dot/torch', 'fgjax_dot_over_torch', '.2f'),
-           ('fgjax img/s', 'fgjax_images_per_s', '.1f'), ('torch img/s', 'torch_images_per_s', '.1f'),
+           ('fgjax img/s', 'fgjax_images_per_s', '.1f'),
+           ('torch img/s', 'torch_images_per_s', '.1f'),
            ('fgjax compile s', 'fgjax_compile_s', '.1f'))
 
 
@@ -112,12 +111,12 @@ def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Se
   parallel = ts.Parallel('pmap', jax.local_devices()[:1])
   records = []
   for dtype in dtypes:
-    contenders, fgjax_record = {}, None
+    contenders, fgjax_records = {}, {}
     for variant, pointwise in (('fgjax', 'conv'), ('fgjax_dot', 'dot')):
-      contenders[variant], record = benchmark_lib.prepare_train_step(
+      contenders[variant], fgjax_records[variant] = benchmark_lib.prepare_train_step(
           'resnet', backbone=backbone, image_size=image_size, batch_size=batch_size,
           dtype=dtype, num_classes=num_classes, parallel=parallel, pointwise_conv=pointwise)
-      fgjax_record = fgjax_record or record
+    fgjax_record = fgjax_records['fgjax']
     info = {}
     for layout in layouts:
       contenders[layout], info = torch_train_step(

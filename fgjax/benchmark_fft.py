@@ -51,8 +51,9 @@ def benchmark_fft(scales: Sequence[int], *, channels: int, batch_size: int,
 
 
 def fft_mode(*, scales, channels, batch_size, repeats) -> list[dict]:
-  scales = [int(v) for v in scales.split(',')] if isinstance(scales, str) else list(scales)
-  return benchmark_fft(scales, channels=channels, batch_size=batch_size, repeats=repeats)
+  from fgjax import benchmark_lib  # pylint: disable=g-import-not-at-top  # It imports this.
+  return benchmark_fft(benchmark_lib.int_list(scales), channels=channels, batch_size=batch_size,
+                       repeats=repeats)
 
 
 # launch/benchmark.py's table: (header, record key, format).

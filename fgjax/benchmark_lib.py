@@ -183,11 +183,11 @@ def add_resnet_ratios(records: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------- modes.
 
-def _int_list(value) -> list[int]:
+def int_list(value) -> list[int]:
   return [int(v) for v in (value.split(',') if isinstance(value, str) else value)]
 
 
-def _str_list(value) -> list[str]:
+def str_list(value) -> list[str]:
   return [v.strip() for v in value.split(',')] if isinstance(value, str) else list(value)
 
 
@@ -195,7 +195,7 @@ def data_mode(*, dataset, data_dir, split, builder_config, workers, batch_size, 
               warmup_batches, image_size, resize_size) -> list[dict]:
   source = benchmark_input.open_source(dataset, data_dir, split, builder_config)
   return benchmark_input.benchmark_data(
-      source, workers=_int_list(workers), batch_size=batch_size, num_batches=num_batches,
+      source, workers=int_list(workers), batch_size=batch_size, num_batches=num_batches,
       warmup_batches=warmup_batches, image_size=image_size, resize_size=resize_size)
 
 
@@ -207,7 +207,7 @@ def decode_mode(*, dataset, data_dir, split, builder_config, image_size,
 
 
 def train_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup) -> list[dict]:
-  return benchmark_train(_str_list(models), backbone=backbone, image_size=image_size,
+  return benchmark_train(str_list(models), backbone=backbone, image_size=image_size,
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup)
 
 
@@ -236,12 +236,12 @@ def benchmark_memory(model_names: Sequence[str], *, backbone: str, image_size: i
 
 
 def memory_mode(*, models, backbone, image_size, dtype, memory_gib) -> list[dict]:
-  return benchmark_memory(_str_list(models), backbone=backbone, image_size=image_size,
+  return benchmark_memory(str_list(models), backbone=backbone, image_size=image_size,
                           dtype=dtype, memory_gib=memory_gib)
 
 
 def eval_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup) -> list[dict]:
-  return benchmark_train(_str_list(models), backbone=backbone, image_size=image_size,
+  return benchmark_train(str_list(models), backbone=backbone, image_size=image_size,
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup,
                          kind='eval')
 
@@ -299,13 +299,15 @@ MODES = {
     'memory': Mode(memory_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
                                  'image_size': 448, 'dtype': 'bfloat16', 'memory_gib': 80.0},
                    (('model', 'model', 's'), ('MiB at 1', 'xla_batch1_bytes', '.1f'),
-                    ('MiB at 2', 'xla_batch2_bytes', '.1f'), ('MiB/image', 'per_image_bytes', '.1f'),
+                    ('MiB at 2', 'xla_batch2_bytes', '.1f'),
+                    ('MiB/image', 'per_image_bytes', '.1f'),
                     ('largest batch', 'largest_batch_per_device', 'd'))),
-    'fft': Mode(benchmark_fft.fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256, 'batch_size': 16,
-                           'repeats': 20}, benchmark_fft.COLUMNS),
-    'compare': Mode(benchmark_compare.compare_mode, {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
-                                   'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
-                                   'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),
+    'fft': Mode(benchmark_fft.fft_mode, {'scales': '4,8,16,32,64,128,256', 'channels': 256,
+                                         'batch_size': 16, 'repeats': 20}, benchmark_fft.COLUMNS),
+    'compare': Mode(benchmark_compare.compare_mode,
+                    {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
+                     'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
+                     'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),
     # Small: a quick look at both on a new machine.
     'all': Mode(all_mode, {**_SOURCE, 'workers': '0,1', 'batch_size': 4, 'num_batches': 24,
                            'warmup_batches': 2, 'image_size': 448, 'resize_size': 600,

@@ -273,19 +273,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           progress.log(step)
         elif evaluating or saving:
           progress.check(step)  # Never evaluate or save a non-finite state.
+        # One host copy of the state for the best/ save, the pictures and the checkpoint.
+        host_state = parallel.to_host(state) if evaluating or saving else None
         if evaluating:
           eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
           _log(f'eval at step {step}: accuracy {eval_metrics["accuracy"]:.4f} '
-               f'(top-5 {eval_metrics["accuracy_top5"]:.4f}) loss {eval_metrics["loss"]:.4f} on {eval_metrics["count"]} images'
-               f'{_heads_summary(eval_metrics)}')
+               f'(top-5 {eval_metrics["accuracy_top5"]:.4f}) loss {eval_metrics["loss"]:.4f} '
+               f'on {eval_metrics["count"]} images{_heads_summary(eval_metrics)}')
           eval_row = {'step': step, 'split': 'eval', **eval_metrics}
           _append_jsonl(metrics_path, eval_row)
-          host_state = parallel.to_host(state)
           ckpt.save_best(step, host_state, eval_metrics['accuracy'])
           _report_eval(workdir, tensorboard, eval_row, host_state)
           progress.pause()
         if saving:
-          ckpt.save(step, parallel.to_host(state), train_iter)
+          ckpt.save(step, host_state, train_iter)
         if stopping:
           _log(f'{stop.signal_name} received: stopped after step {step}.')
           raise preemption.TrainingStopped(step, stop.signal_name, workdir)
@@ -297,7 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_metrics = evaluate(parallel, p_eval, state, test_source, spec, config)
   if eval_metrics is not None and end == total_steps:
     _log(f'final test accuracy: {eval_metrics["accuracy"]:.4f} '
-         f'(top-5 {eval_metrics["accuracy_top5"]:.4f}, {eval_metrics["count"]} images){_heads_summary(eval_metrics)}')
+         f'(top-5 {eval_metrics["accuracy_top5"]:.4f}, {eval_metrics["count"]} images)'
+         f'{_heads_summary(eval_metrics)}')
   return {**(eval_metrics or {}), 'step': end, 'state': parallel.to_host(state)}
 
 

@@ -57,7 +57,8 @@ FLAGS = flags.FLAGS
 
 _OPTIONS = ('dataset', 'data_dir', 'split', 'builder_config', 'workers', 'num_batches',
             'warmup_batches', 'resize_size', 'image_size', 'batch_size', 'models', 'backbone',
-            'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts', 'memory_gib')
+            'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts',
+            'memory_gib')
 
 
 def main(argv):
