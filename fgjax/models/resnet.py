@@ -23,8 +23,9 @@ default `bn_domains=1` the layers are plain BatchNorm ([C] statistics).
 1x1 convolutions: `pointwise_conv='conv'` runs them as XLA convolutions, 'dot' as
 matrix products over the channels of the (strided) input. The two compute the same
 function with the same parameters (kernel [1, 1, C_in, C_out]); 'dot' is for speed on
-XLA:CPU, where the kernel gradient of a 1x1 convolution ran about 4x slower as a
-convolution than as the product x^T dy (launch/benchmark.py --mode=compare measures it).
+XLA:CPU, where the kernel gradient of a 1x1 convolution runs several times slower as a
+convolution than as the product x^T dy (launch/benchmark.py --mode=compare times the
+whole train step both ways).
 
 Parameter names follow a fixed scheme (`stem_conv`, `stem_bn`,
 `stage{s}_block{b}/conv{i}` ...) that `fgjax.models.pretrained` maps torchvision
