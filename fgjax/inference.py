@@ -300,8 +300,5 @@ def visualize_eval_split(run: Run, num_examples: int, out_dir: str) -> list[str]
   """The same for the first `num_examples` images of the run's eval split."""
   source = pipeline.TfdsSource(run.config.data.name, os.path.expanduser(run.config.data.data_dir),
                                run.config.data.eval_split, run.config.data.builder_config)
-  transform = pipeline.eval_transform(run.spec)
-  examples = [transform(source[i]) for i in range(min(num_examples, len(source)))]
-  images = np.stack([e['image'] for e in examples])
-  labels = [int(e['label']) for e in examples]
-  return _save_drawings(run, images, [f'eval{i}' for i in range(len(examples))], out_dir, labels)
+  images, labels = pipeline.first_eval_examples(source, run.spec, num_examples)
+  return _save_drawings(run, images, [f'eval{i}' for i in range(len(images))], out_dir, labels)

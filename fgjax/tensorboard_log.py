@@ -95,10 +95,7 @@ class EvalPictures:
   @functools.cached_property
   def examples(self) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, S, S, 3] as evaluation sees them, labels [N])."""
-    transform = pipeline.eval_transform(self._spec)
-    examples = [transform(self._source[i]) for i in range(min(self._num, len(self._source)))]
-    return (np.stack([e['image'] for e in examples]),
-            np.array([int(e['label']) for e in examples]))
+    return pipeline.first_eval_examples(self._source, self._spec, self._num)
 
   @functools.cached_property
   def _predict(self):

@@ -231,6 +231,15 @@ def make_train_iterator(source, spec: ImageSpec, *, global_batch_size: int, seed
   return iter(it_ds)
 
 
+def first_eval_examples(source, spec: ImageSpec, num: int):
+  """(uint8 images [N, S, S, 3] as evaluation sees them, labels int [N]) of the first
+  min(num, len(source)) examples: the pictures of TensorBoard and visualize.py."""
+  transform = eval_transform(spec)
+  examples = [transform(source[i]) for i in range(min(num, len(source)))]
+  return (np.stack([e['image'] for e in examples]),
+          np.array([int(e['label']) for e in examples]))
+
+
 def eval_batches(source, spec: ImageSpec, *, global_batch_size: int, num_devices: int,
                  process_index: int = 0, process_count: int = 1, num_workers: int = 0,
                  transform=None, image_shape=None):
