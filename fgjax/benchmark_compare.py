@@ -12,9 +12,11 @@ fgjax runs on one device (its pmapped step over that device); torch on the GPU w
 there is one, else on the CPU with its default threads. bfloat16 is each framework's
 mixed precision: fgjax's `model.dtype='bfloat16'` (parameters and optimiser in float32),
 torch's `autocast(dtype=torch.bfloat16)`. torch's layout is NCHW or channels_last
-(fgjax is NHWC throughout). fgjax is timed twice, with its 1x1 convolutions as XLA
-convolutions (`model.pointwise_conv='conv'`, the default) and as matrix products ('dot',
-fgjax.models.resnet): 'fgjax_*' and 'fgjax_dot_*' in the records.
+(fgjax is NHWC throughout). Beside fgjax's default step ('fgjax_*' in the records), each
+of `variants` is timed too ('fgjax_<variant>_*'): 'dot', 1x1 convolutions as matrix
+products (`model.pointwise_conv='dot'`, fgjax.models.resnet); 'shard_map', the step as
+`jax.jit(jax.shard_map(...))` instead of `jax.pmap` (`train.parallelism`); 'no_donation',
+the state's buffers not donated to the step.
 
 After compiling (fgjax) and `warmup` untimed steps of every contender, `steps` rounds
 time one step of each in turn, so that a change in the machine's load falls on all of
@@ -22,6 +24,7 @@ them alike; each record has the medians and their ratio, fgjax over torch (> 1: 
 is slower).
 """
 
+import os
 import statistics
 import time
 from typing import Callable, Sequence
@@ -30,6 +33,9 @@ import numpy as np
 
 MOMENTUM, WEIGHT_DECAY, LEARNING_RATE = 0.9, 5e-4, 0.01
 LAYOUTS = ('nchw', 'channels_last')
+# fgjax steps timed beside the default one: name -> how it differs (module docstring).
+VARIANTS = {'dot': {'pointwise_conv': 'dot'}, 'shard_map': {'parallelism': 'shard_map'},
+            'no_donation': {'donate': False}}
 
 
 def alternate_timing(steps_by_name: dict[str, Callable[[], None]], *, steps: int, warmup: int,
@@ -82,20 +88,21 @@ def torch_train_step(*, backbone: str, image_size: int, batch_size: int, dtype: 
   return step, info
 
 
-def compare_mode(*, backbone, image_size, batch_size, dtypes, layouts, steps,
+def compare_mode(*, backbone, image_size, batch_size, dtypes, layouts, variants, steps,
                  warmup) -> list[dict]:
   """launch/benchmark.py's compare mode: `compare_train` with comma-separated lists."""
   from fgjax import benchmark_lib  # pylint: disable=g-import-not-at-top  # It imports this.
   return compare_train(backbone=backbone, image_size=image_size, batch_size=batch_size,
                        dtypes=benchmark_lib.str_list(dtypes),
-                       layouts=benchmark_lib.str_list(layouts), steps=steps, warmup=warmup)
+                       layouts=benchmark_lib.str_list(layouts),
+                       variants=benchmark_lib.str_list(variants), steps=steps, warmup=warmup)
 
 
 # launch/benchmark.py's table: (header, record key, format).
 COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
            ('fgjax step s', 'fgjax_step_s', '.3f'), ('torch step s', 'torch_step_s', '.3f'),
-           ('fgjax/torch', 'fgjax_over_torch', '.2f'), ('fgjax dot s', 'fgjax_dot_step_s', '.3f'),
-           ('fgjax dot/torch', 'fgjax_dot_over_torch', '.2f'),
+           ('fgjax/torch', 'fgjax_over_torch', '.2f'),
+           *((f'{v}/torch', f'fgjax_{v}_over_torch', '.2f') for v in VARIANTS),
            ('fgjax img/s', 'fgjax_images_per_s', '.1f'),
            ('torch img/s', 'torch_images_per_s', '.1f'),
            ('fgjax compile s', 'fgjax_compile_s', '.1f'))
@@ -103,19 +110,25 @@ COLUMNS = (('dtype', 'dtype', 's'), ('torch layout', 'torch_layout', 's'),
 
 def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Sequence[str],
                   layouts: Sequence[str], steps: int, warmup: int,
-                  num_classes: int = 200) -> list[dict]:
-  """One record per (dtype, torch layout): both medians and fgjax / torch."""
+                  variants: Sequence[str] = ('dot',), num_classes: int = 200) -> list[dict]:
+  """One record per (dtype, torch layout): the medians and fgjax / torch, for fgjax's
+  default step and each of `variants` (module docstring)."""
   from fgjax import benchmark_lib  # pylint: disable=g-import-not-at-top
   from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  parallel = ts.Parallel('pmap', jax.local_devices()[:1])
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    raise ValueError(f'Unknown fgjax variants {unknown}; valid: {list(VARIANTS)}.')
+  fgjax_names = ['fgjax'] + [f'fgjax_{v}' for v in variants]
   records = []
   for dtype in dtypes:
     contenders, fgjax_records = {}, {}
-    for variant, pointwise in (('fgjax', 'conv'), ('fgjax_dot', 'dot')):
-      contenders[variant], fgjax_records[variant] = benchmark_lib.prepare_train_step(
+    for name, variant in zip(fgjax_names, [None, *variants]):
+      options = dict(VARIANTS.get(variant, {}))
+      parallel = ts.Parallel(options.pop('parallelism', 'pmap'), jax.local_devices()[:1])
+      contenders[name], fgjax_records[name] = benchmark_lib.prepare_train_step(
           'resnet', backbone=backbone, image_size=image_size, batch_size=batch_size,
-          dtype=dtype, num_classes=num_classes, parallel=parallel, pointwise_conv=pointwise)
+          dtype=dtype, num_classes=num_classes, parallel=parallel, **options)
     fgjax_record = fgjax_records['fgjax']
     info = {}
     for layout in layouts:
@@ -123,17 +136,20 @@ def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Se
           backbone=backbone, image_size=image_size, batch_size=batch_size, dtype=dtype,
           layout=layout, num_classes=num_classes)
     times = alternate_timing(contenders, steps=steps, warmup=warmup)
-    fgjax_s, dot_s = statistics.median(times['fgjax']), statistics.median(times['fgjax_dot'])
+    medians = {name: statistics.median(times[name]) for name in fgjax_names}
+    fgjax_s = medians['fgjax']
     for layout in layouts:
       torch_s = statistics.median(times[layout])
       records.append({
           'mode': 'compare', 'backbone': backbone, 'image_size': image_size,
           'batch_size': batch_size, 'dtype': dtype, 'torch_layout': layout, 'steps': steps,
           'warmup': warmup, 'device_kind': fgjax_record['device_kind'],
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'fgjax_compile_s': fgjax_record['compile_s'], 'fgjax_step_s': fgjax_s,
           'torch_step_s': torch_s, 'fgjax_over_torch': fgjax_s / torch_s,
-          'fgjax_dot_step_s': dot_s, 'fgjax_dot_over_torch': dot_s / torch_s,
+          **{f'{n}_step_s': medians[n] for n in fgjax_names[1:]},
+          **{f'{n}_over_torch': medians[n] / torch_s for n in fgjax_names[1:]},
           'fgjax_images_per_s': batch_size / fgjax_s, 'torch_images_per_s': batch_size / torch_s,
-          'fgjax_loss_finite': all(contenders[v].loss_finite() for v in ('fgjax', 'fgjax_dot')),
+          'fgjax_loss_finite': all(contenders[n].loss_finite() for n in fgjax_names),
           **info})
   return records

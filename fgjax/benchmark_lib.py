@@ -55,9 +55,10 @@ def _peak_memory_bytes(devices) -> int | None:
 
 def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size: int,
                        dtype: str, num_classes: int, parallel, pointwise_conv: str = 'conv',
-                       kind: str = 'train'):
+                       kind: str = 'train', donate: bool = True):
   """Compiles one model's pmapped train step (or with kind='eval' its exact-evaluation
-  step, train_step.eval_step) on a fixed random batch.
+  step, train_step.eval_step) on a fixed random batch; `donate`: the train step takes
+  over the state's buffers (as training does).
 
   Returns (step, record): `step()` runs one step on the state the previous one left and
   waits for it; `record` holds the compile time, XLA's FLOPs and memory estimate.
@@ -78,7 +79,7 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
   else:
     p_train = parallel.map(functools.partial(ts.train_step, model=model, tx=tx,
                                              schedule=schedule, rng=jax.random.key(1)),
-                           donate_state=True)
+                           donate_state=donate)
   batch = parallel.shard_batch(_random_batch(parallel.num_local_devices, batch_size,
                                              image_size, num_classes))
   # Placed as the replicated state is (one slice per device): steps time no host transfer.
@@ -307,7 +308,7 @@ MODES = {
     'compare': Mode(benchmark_compare.compare_mode,
                     {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
                      'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
-                     'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),
+                     'variants': 'dot', 'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),
     # Small: a quick look at both on a new machine.
     'all': Mode(all_mode, {**_SOURCE, 'workers': '0,1', 'batch_size': 4, 'num_batches': 24,
                            'warmup_batches': 2, 'image_size': 448, 'resize_size': 600,
@@ -327,7 +328,8 @@ def machine_info() -> dict:
   return {'mode': 'machine', 'cpu': cpu, 'cpu_count': os.cpu_count(),
           'cores_available': len(os.sched_getaffinity(0)), 'load_avg_1_5_15m': os.getloadavg(),
           'memory_gib': psutil.virtual_memory().total / 2**30, 'python': platform.python_version(),
-          'pillow': PIL.__version__, 'time': time.strftime('%Y-%m-%d %H:%M:%S')}
+          'pillow': PIL.__version__, 'time': time.strftime('%Y-%m-%d %H:%M:%S'),
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
 class OptionsError(ValueError):

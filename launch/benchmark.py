@@ -8,7 +8,8 @@ r"""Measures input-pipeline and train-step speed and memory.
   python launch/benchmark.py --mode=memory --image_size=448 --dtype=bfloat16 --memory_gib=80
   python launch/benchmark.py --mode=fft --scales=4,8,16,32,64,128,256
   python launch/benchmark.py --mode=compare --backbone=resnet50 --image_size=224 \
-      --batch_size=8 --dtypes=float32,bfloat16 --layouts=nchw,channels_last --steps=5
+      --batch_size=8 --dtypes=float32,bfloat16 --layouts=nchw,channels_last \
+      --variants=dot,shard_map,no_donation --steps=5
   python launch/benchmark.py --mode=all --output=bench.jsonl
 
 Prints a table per mode; --output appends the records as JSON lines. A flag
@@ -48,6 +49,8 @@ flags.DEFINE_float('memory_gib', None, 'memory: device memory to fit a batch in,
 # compare (needs torch: pip install -e '.[compare]').
 flags.DEFINE_list('dtypes', None, 'compare: dtypes to compare in, e.g. float32,bfloat16.')
 flags.DEFINE_list('layouts', None, 'compare: torch memory layouts, nchw and/or channels_last.')
+flags.DEFINE_list('variants', None, 'compare: fgjax variants timed beside the default step '
+                  '(fgjax.benchmark_compare.VARIANTS: dot, shard_map, no_donation).')
 # fft.
 flags.DEFINE_list('scales', None, 'fft: numbers of scales S to solve for, e.g. 4,8,...,256.')
 flags.DEFINE_integer('channels', None, 'fft: channels per scale.')
@@ -58,7 +61,7 @@ FLAGS = flags.FLAGS
 _OPTIONS = ('dataset', 'data_dir', 'split', 'builder_config', 'workers', 'num_batches',
             'warmup_batches', 'resize_size', 'image_size', 'batch_size', 'models', 'backbone',
             'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts',
-            'memory_gib')
+            'variants', 'memory_gib')
 
 
 def main(argv):

@@ -42,6 +42,10 @@ def test_alternate_timing_warms_up_then_takes_turns():
 def test_compare_mode_options_and_unknown_layout():
   with pytest.raises(benchmark_lib.OptionsError, match=r"does not take \['models'\]"):
     benchmark_lib.run_mode('compare', {'models': 'nts'})
+  with pytest.raises(ValueError, match=r"Unknown fgjax variants \['nchw'\]; valid: \['dot'"):
+    benchmark_compare.compare_train(backbone='resnet_tiny', image_size=32, batch_size=2,
+                                    dtypes=['float32'], layouts=['nchw'], steps=1, warmup=0,
+                                    variants=['dot', 'nchw'])
   with pytest.raises(ValueError, match="Unknown torch layout 'nhwc'"):
     benchmark_compare.torch_train_step(backbone='resnet_tiny', image_size=32, batch_size=2,
                                        dtype='float32', layout='nhwc', num_classes=3)
@@ -67,15 +71,19 @@ def test_torch_twin_has_the_fgjax_backbone_shapes():
 def test_compare_records_one_row_per_dtype_and_layout():
   records = benchmark_compare.compare_train(
       backbone='resnet_tiny', image_size=32, batch_size=2, dtypes=['float32', 'bfloat16'],
-      layouts=['nchw', 'channels_last'], steps=2, warmup=1, num_classes=3)
+      layouts=['nchw', 'channels_last'], steps=2, warmup=1, num_classes=3,
+      variants=list(benchmark_compare.VARIANTS))
   assert [(r['dtype'], r['torch_layout']) for r in records] == [
       ('float32', 'nchw'), ('float32', 'channels_last'),
       ('bfloat16', 'nchw'), ('bfloat16', 'channels_last')]
   for r in records:
     assert r['fgjax_over_torch'] == pytest.approx(r['fgjax_step_s'] / r['torch_step_s'])
-    assert r['fgjax_dot_over_torch'] == pytest.approx(r['fgjax_dot_step_s'] / r['torch_step_s'])
+    for v in benchmark_compare.VARIANTS:
+      assert r[f'fgjax_{v}_over_torch'] == pytest.approx(
+          r[f'fgjax_{v}_step_s'] / r['torch_step_s'])
     assert r['fgjax_images_per_s'] == pytest.approx(2 / r['fgjax_step_s'])
     assert r['fgjax_loss_finite'] and r['torch_device'] in ('cpu', 'cuda')
   # fgjax's steps are timed once per dtype, against each layout.
   assert records[0]['fgjax_step_s'] == records[1]['fgjax_step_s']
-  assert records[0]['fgjax_dot_step_s'] == records[1]['fgjax_dot_step_s']
+  for v in benchmark_compare.VARIANTS:
+    assert records[0][f'fgjax_{v}_step_s'] == records[1][f'fgjax_{v}_step_s']
