@@ -14,9 +14,12 @@ records; no test times anything.
   all:    data and train with small defaults.
   compare: fgjax's ResNet train step against PyTorch's, alternately in one process
           (fgjax.benchmark_compare; needs torch).
-  memory: XLA's memory estimate of each model's train step, and the largest batch that fits.
+  memory: XLA's memory estimate of each model's train step, and the largest batch that fits
+          (fgjax.benchmark_memory).
   fft:    SSANet's Fourier ridge solver against the explicit circulant solve
           (fgjax.benchmark_fft).
+  profile: where one model's train step spends its time, per module and operation
+          (a jax.profiler trace; fgjax.benchmark_profile).
 """
 
 import dataclasses
@@ -36,6 +39,8 @@ import psutil
 from fgjax import benchmark_compare
 from fgjax import benchmark_fft
 from fgjax import benchmark_input
+from fgjax import benchmark_memory
+from fgjax import benchmark_profile
 
 
 def _random_batch(num_devices: int, per_device: int, image_size: int, num_classes: int):
@@ -110,7 +115,7 @@ def prepare_train_step(name: str, *, backbone: str, image_size: int, batch_size:
       'xla_memory_bytes': (memory.argument_size_in_bytes + memory.output_size_in_bytes
                            + memory.temp_size_in_bytes - memory.alias_size_in_bytes
                            if memory is not None else None)}
-  step.loss_finite = loss_finite
+  step.loss_finite, step.compiled = loss_finite, compiled
   return step, record
 
 
@@ -212,35 +217,6 @@ def train_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup)
 
 
-def benchmark_memory(model_names: Sequence[str], *, backbone: str, image_size: int, dtype: str,
-                     memory_gib: float, num_classes: int = 200) -> list[dict]:
-  """XLA's memory estimate of each model's compiled train step (arguments + outputs +
-  temporaries - donated) at 1 and 2 images per device, and the largest batch per device
-  within `memory_gib` on the line through them:
-    bytes(b) = fixed + b * per_image,  largest = floor((memory - fixed) / per_image).
-  Nothing runs; the estimate is the compiling backend's (XLA:CPU's here: a GPU's buffers
-  and its allocator's fragmentation differ, so measure there before relying on it)."""
-  from fgjax import train_step as ts  # pylint: disable=g-import-not-at-top
-  parallel, records = ts.Parallel('pmap'), []
-  for name in model_names:
-    sizes = [prepare_train_step(name, backbone=backbone, image_size=image_size, batch_size=b,
-                                dtype=dtype, num_classes=num_classes,
-                                parallel=parallel)[1]['xla_memory_bytes'] for b in (1, 2)]
-    per_image, fixed = sizes[1] - sizes[0], 2 * sizes[0] - sizes[1]
-    largest = int((memory_gib * 2**30 - fixed) // per_image) if per_image > 0 else None
-    records.append({'mode': 'memory', 'model': name, 'backbone': backbone,
-                    'image_size': image_size, 'dtype': dtype, 'xla_batch1_bytes': sizes[0],
-                    'xla_batch2_bytes': sizes[1], 'per_image_bytes': per_image,
-                    'fixed_bytes': fixed, 'memory_gib': memory_gib,
-                    'largest_batch_per_device': largest})
-  return records
-
-
-def memory_mode(*, models, backbone, image_size, dtype, memory_gib) -> list[dict]:
-  return benchmark_memory(str_list(models), backbone=backbone, image_size=image_size,
-                          dtype=dtype, memory_gib=memory_gib)
-
-
 def eval_mode(*, models, backbone, image_size, batch_size, dtype, steps, warmup) -> list[dict]:
   return benchmark_train(str_list(models), backbone=backbone, image_size=image_size,
                          batch_size=batch_size, dtype=dtype, steps=steps, warmup=warmup,
@@ -297,7 +273,7 @@ MODES = {
     'eval': Mode(eval_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
                              'image_size': 448, 'batch_size': 8, 'dtype': 'float32',
                              'steps': 5, 'warmup': 1}, _TRAIN_COLUMNS),
-    'memory': Mode(memory_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
+    'memory': Mode(benchmark_memory.memory_mode, {'models': 'resnet,nts,fdl,ssanet,scrim', 'backbone': 'resnet50',
                                  'image_size': 448, 'dtype': 'bfloat16', 'memory_gib': 80.0},
                    (('model', 'model', 's'), ('MiB at 1', 'xla_batch1_bytes', '.1f'),
                     ('MiB at 2', 'xla_batch2_bytes', '.1f'),
@@ -309,6 +285,10 @@ MODES = {
                     {'backbone': 'resnet50', 'image_size': 224, 'batch_size': 8,
                      'dtypes': 'float32,bfloat16', 'layouts': 'nchw,channels_last',
                      'variants': 'dot', 'steps': 5, 'warmup': 2}, benchmark_compare.COLUMNS),
+    'profile': Mode(benchmark_profile.profile_mode,
+                    {'models': 'fdl', 'backbone': 'resnet_tiny', 'image_size': 224,
+                     'batch_size': 16, 'dtype': 'float32', 'steps': 3, 'warmup': 2, 'top': 15,
+                     'trace_dir': ''}, benchmark_profile.COLUMNS),
     # Small: a quick look at both on a new machine.
     'all': Mode(all_mode, {**_SOURCE, 'workers': '0,1', 'batch_size': 4, 'num_batches': 24,
                            'warmup_batches': 2, 'image_size': 448, 'resize_size': 600,

@@ -10,6 +10,7 @@ r"""Measures input-pipeline and train-step speed and memory.
   python launch/benchmark.py --mode=compare --backbone=resnet50 --image_size=224 \
       --batch_size=8 --dtypes=float32,bfloat16 --layouts=nchw,channels_last \
       --variants=dot,shard_map,no_donation --steps=5
+  python launch/benchmark.py --mode=profile --models=fdl --backbone=resnet_tiny --image_size=224
   python launch/benchmark.py --mode=all --output=bench.jsonl
 
 Prints a table per mode; --output appends the records as JSON lines. A flag
@@ -51,6 +52,10 @@ flags.DEFINE_list('dtypes', None, 'compare: dtypes to compare in, e.g. float32,b
 flags.DEFINE_list('layouts', None, 'compare: torch memory layouts, nchw and/or channels_last.')
 flags.DEFINE_list('variants', None, 'compare: fgjax variants timed beside the default step '
                   '(fgjax.benchmark_compare.VARIANTS: dot, shard_map, no_donation).')
+# profile.
+flags.DEFINE_integer('top', None, 'profile: groups listed per model (the largest).')
+flags.DEFINE_string('trace_dir', None, 'profile: keep the traces here (default: a temporary '
+                    'folder, named in the records).')
 # fft.
 flags.DEFINE_list('scales', None, 'fft: numbers of scales S to solve for, e.g. 4,8,...,256.')
 flags.DEFINE_integer('channels', None, 'fft: channels per scale.')
@@ -61,7 +66,7 @@ FLAGS = flags.FLAGS
 _OPTIONS = ('dataset', 'data_dir', 'split', 'builder_config', 'workers', 'num_batches',
             'warmup_batches', 'resize_size', 'image_size', 'batch_size', 'models', 'backbone',
             'dtype', 'steps', 'warmup', 'scales', 'channels', 'repeats', 'dtypes', 'layouts',
-            'variants', 'memory_gib')
+            'variants', 'memory_gib', 'top', 'trace_dir')
 
 
 def main(argv):

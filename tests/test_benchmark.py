@@ -8,6 +8,7 @@ import pytest
 
 from fgjax import benchmark_input
 from fgjax import benchmark_lib
+from fgjax import benchmark_memory
 
 
 @pytest.fixture(scope='module')
@@ -121,12 +122,12 @@ def test_memory_mode_extrapolates_the_line_through_batch_1_and_2(monkeypatch):
     del unused
     return None, {'xla_memory_bytes': sizes[batch_size]}
   monkeypatch.setattr(benchmark_lib, 'prepare_train_step', fake_prepare)
-  (record,) = benchmark_lib.benchmark_memory(['fdl'], backbone='resnet50', image_size=448,
+  (record,) = benchmark_memory.benchmark_memory(['fdl'], backbone='resnet50', image_size=448,
                                              dtype='bfloat16', memory_gib=1.0)
   assert record['per_image_bytes'] == 200 * 2**20 and record['fixed_bytes'] == 100 * 2**20
   assert record['largest_batch_per_device'] == 4  # (1024 - 100) // 200.
   monkeypatch.undo()
-  (real,) = benchmark_lib.benchmark_memory(['resnet'], backbone='resnet_tiny', image_size=32,
+  (real,) = benchmark_memory.benchmark_memory(['resnet'], backbone='resnet_tiny', image_size=32,
                                            dtype='float32', memory_gib=1.0)
   assert real['xla_batch2_bytes'] > real['xla_batch1_bytes'] > 0
   assert real['largest_batch_per_device'] == (2**30 - real['fixed_bytes']) // real['per_image_bytes']
