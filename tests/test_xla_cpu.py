@@ -42,6 +42,24 @@ def test_switched_off_leaves_xla_flags_alone(off):
   assert 'XLA_FLAGS' not in env
 
 
+def test_a_flag_this_jaxlib_does_not_define_is_not_added(monkeypatch):
+  # XLA would end the process on it (an experimental flag may go in a later jaxlib).
+  assert xla_cpu.jaxlib_defines(FLAG.split('=')[0])  # The jaxlib installed here has it.
+  assert not xla_cpu.jaxlib_defines('--xla_cpu_fgjax_no_such_flag')
+  monkeypatch.setattr(xla_cpu, 'jaxlib_defines', lambda flag: False)
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  assert xla_cpu.apply_defaults(env) == ()
+  assert env['XLA_FLAGS'] == '--xla_force_host_platform_device_count=2'
+
+
+def test_too_late_to_apply_is_said(caplog):
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.devices()  # This process's backends have started: XLA has read its flags.
+  with caplog.at_level('WARNING'):
+    assert xla_cpu.apply_defaults({}) == xla_cpu.DEFAULT_FLAGS
+  assert 'import fgjax before the first JAX computation' in caplog.text
+
+
 def test_a_bad_switch_value_names_the_variable():
   with pytest.raises(ValueError, match=f'{xla_cpu.SWITCH}=.yes please.: expected 1'):
     xla_cpu.apply_defaults({xla_cpu.SWITCH: 'yes please'})
