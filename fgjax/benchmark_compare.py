@@ -24,7 +24,6 @@ them alike; each record has the medians and their ratio, fgjax over torch (> 1: 
 is slower).
 """
 
-import os
 import statistics
 import time
 from typing import Callable, Sequence
@@ -144,7 +143,6 @@ def compare_train(*, backbone: str, image_size: int, batch_size: int, dtypes: Se
           'mode': 'compare', 'backbone': backbone, 'image_size': image_size,
           'batch_size': batch_size, 'dtype': dtype, 'torch_layout': layout, 'steps': steps,
           'warmup': warmup, 'device_kind': fgjax_record['device_kind'],
-          'xla_flags': os.environ.get('XLA_FLAGS', ''),
           'fgjax_compile_s': fgjax_record['compile_s'], 'fgjax_step_s': fgjax_s,
           'torch_step_s': torch_s, 'fgjax_over_torch': fgjax_s / torch_s,
           **{f'{n}_step_s': medians[n] for n in fgjax_names[1:]},
